@@ -1,0 +1,526 @@
+// SPDX-License-Identifier: MIT
+// ctx::basic_context, its derivations, the cancel handle and after_func.
+//
+// Thread safety: every member of basic_context is const and may be called
+// from any number of threads at once; so may the derivations, on the same
+// parent. A context is a reference-counted handle: copies share one node.
+// Cancellation publishes err() and cause() before done() turns true (one
+// release store, read with acquire), so a thread that sees done() sees the
+// final err() and cause(). When any cancel returns, also one that lost a race
+// with a concurrent cancel, the context and every descendant report done().
+// The thread that won runs the stop requests and after_func callbacks of the
+// contexts it cancelled before its own cancel returns.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <concepts>
+#include <cstdint>
+#include <optional>
+#include <stop_token>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+
+#include "detail/node.hpp"
+#include "detail/timer_service.hpp"
+#include "error.hpp"
+#include "key.hpp"
+
+namespace ctx {
+
+template <class Clock = std::chrono::steady_clock>
+class basic_context;
+
+/// A context on `std::chrono::steady_clock`: what almost every program uses.
+using context = basic_context<>;
+
+class cancel_handle;
+class registration;
+
+namespace detail {
+struct access;
+}
+
+/// A cheap, immutable, thread-safe handle to one unit of work's lifetime.
+///
+/// Pass it by `const&` as the first parameter of every call that may block.
+/// It tells whether the work is over (`done()`, `err()`, `cause()`), by when
+/// it must be over (`deadline()`, `remaining()`), carries request-scoped
+/// values (`value()`), and plugs into the standard library's cancellation
+/// through `stop_token()`. New contexts are derived from it with
+/// `with_cancel`, `with_timeout`, `with_deadline`, `with_stop_token`,
+/// `with_value` and `without_cancel`.
+///
+/// A context is one pointer wide: copying it is one relaxed atomic increment
+/// (none for `background()`); moving it is free and leaves `background()`
+/// behind. A default-constructed context is `background()`: never done, no
+/// deadline, no values.
+template <class Clock>
+class basic_context {
+ public:
+  using clock = Clock;
+  using time_point = typename Clock::time_point;
+  using duration = typename Clock::duration;
+
+  /// Same as `background()`.
+  basic_context() noexcept : n_(&detail::background_node) {}
+  basic_context(const basic_context& other) noexcept : n_(other.n_) { detail::acquire(n_); }
+  basic_context(basic_context&& other) noexcept : n_(std::exchange(other.n_, &detail::background_node)) {}
+  basic_context& operator=(const basic_context& other) noexcept {
+    detail::acquire(other.n_);
+    detail::release(std::exchange(n_, other.n_));
+    return *this;
+  }
+  basic_context& operator=(basic_context&& other) noexcept {
+    if (this != &other) detail::release(std::exchange(n_, std::exchange(other.n_, &detail::background_node)));
+    return *this;
+  }
+  ~basic_context() { detail::release(n_); }
+
+  /// True once the context is cancelled or its deadline passed. One atomic
+  /// load (acquire): no lock, no clock read. Never turns false again.
+  [[nodiscard]] bool done() const noexcept {
+    const detail::cancel_node* c = n_->canc;
+    return c && (c->state.load(std::memory_order_acquire) & detail::st_done);
+  }
+
+  /// `{}` while live; then `errc::canceled` or `errc::deadline_exceeded`, forever.
+  [[nodiscard]] std::error_code err() const noexcept {
+    const detail::cancel_node* c = n_->canc;
+    if (!c) return {};
+    return detail::err_of_state(c->state.load(std::memory_order_acquire));
+  }
+
+  /// `{}` while live; then the cause given to the cancel that won (the
+  /// handle's argument, or the deadline's), falling back to `err()` when none
+  /// was given. Stable once done.
+  [[nodiscard]] std::error_code cause() const noexcept {
+    const detail::cancel_node* c = n_->canc;
+    if (!c) return {};
+    const std::uint32_t s = c->state.load(std::memory_order_acquire);
+    if (!(s & detail::st_done)) return {};
+    return c->cause_ ? c->cause_ : detail::err_of_state(s);
+  }
+
+  /// The effective deadline: the earliest of this context's and its
+  /// ancestors' (up to the nearest `without_cancel`); empty if none.
+  [[nodiscard]] std::optional<time_point> deadline() const noexcept {
+    if (!n_->dl) return std::nullopt;
+    return static_cast<const detail::deadline_node<Clock>*>(n_->dl)->when;
+  }
+
+  /// Time left until the deadline: `duration::max()` without one, zero once
+  /// it has passed (even before the timer marks the context done). Reads the clock.
+  [[nodiscard]] duration remaining() const noexcept {
+    if (!n_->dl) return duration::max();
+    const time_point when = static_cast<const detail::deadline_node<Clock>*>(n_->dl)->when;
+    const time_point now = Clock::now();
+    return when <= now ? duration::zero() : when - now;
+  }
+
+  /// A `std::stop_token` on which stop is requested when this context is
+  /// done, before the cancel that did it returns. For a context that can
+  /// never be done (`background()`, `without_cancel`) the token has
+  /// `stop_possible() == false`. The first call on a context allocates its
+  /// stop state (as Go makes its Done channel lazily); later calls share it.
+  /// Throws `std::bad_alloc` if that allocation fails.
+  [[nodiscard]] std::stop_token stop_token() const {
+    detail::cancel_node* c = n_->canc;
+    if (!c) return {};
+    detail::tiny_lock lock(c->mtx);
+    if (!c->src_.stop_possible()) {
+      c->src_ = std::stop_source();  // no callbacks on it yet: requesting stop runs no user code
+      if (c->state.load(std::memory_order_relaxed) & detail::st_done) c->src_.request_stop();
+    }
+    return c->src_.get_token();
+  }
+
+  /// The value stored under `k` by the nearest `with_value` on the chain, or
+  /// nullptr. A miss usually costs one bit test. The pointer stays valid as
+  /// long as any context derived from that `with_value` lives.
+  template <class T>
+  [[nodiscard]] const T* value(const key<T>& k) const noexcept {
+    if (!(n_->key_bloom & detail::key_bit(&k))) return nullptr;
+    for (const detail::node* n = n_; n; n = n->parent)
+      if (n->kind == detail::node_kind::value && static_cast<const detail::value_node_base*>(n)->key == &k)
+        return &static_cast<const detail::value_node<T>*>(n)->value;
+    return nullptr;
+  }
+
+  /// Throws `ctx::error` (code() == err(), with cause()) if the context is done.
+  void throw_if_done() const {
+    if (const std::error_code e = err()) throw error(e, cause());
+  }
+
+  /// Blocks the calling thread until the context is done. On a context that
+  /// can never be done this blocks forever, as Go's `<-ctx.Done()` does.
+  void wait() const noexcept {
+    detail::cancel_node* c = n_->canc;
+    if (!c) {
+      static std::atomic<std::uint32_t> never{0};
+      for (;;) never.wait(0);
+    }
+    std::uint32_t s;
+    while (!((s = c->state.load(std::memory_order_acquire)) & detail::st_done))
+      c->state.wait(s, std::memory_order_acquire);
+  }
+
+ private:
+  friend struct detail::access;
+  explicit basic_context(detail::node* adopted) noexcept : n_(adopted) {}
+  detail::node* n_;
+};
+
+/// The never-done root context.
+template <class Clock = std::chrono::steady_clock>
+[[nodiscard]] basic_context<Clock> background() noexcept {
+  return {};
+}
+
+/// Same as `background()`, but says "the right context is not wired here
+/// yet" (and prints as `todo`).
+template <class Clock = std::chrono::steady_clock>
+[[nodiscard]] basic_context<Clock> todo() noexcept;
+
+/// Cancels a derived context: the one type for every derivation and clock.
+///
+/// Move-only. Calling it cancels the context with `errc::canceled` (and the
+/// given cause); destroying it does the same, so a handle going out of scope
+/// replaces Go's `defer cancel()`. Calling it again, from any number of
+/// threads, changes nothing: the first cancel wins. When a call returns, the
+/// context and all its descendants are done. A moved-from or
+/// default-constructed handle does nothing. The handle keeps the context's
+/// state alive, so it may be called after every copy of the context is gone.
+class cancel_handle {
+ public:
+  cancel_handle() noexcept = default;
+  cancel_handle(cancel_handle&& other) noexcept : n_(std::exchange(other.n_, nullptr)) {}
+  cancel_handle& operator=(cancel_handle&& other) noexcept {
+    if (this != &other) {
+      reset();
+      n_ = std::exchange(other.n_, nullptr);
+    }
+    return *this;
+  }
+  ~cancel_handle() { reset(); }
+
+  /// Cancels with `errc::canceled`; cause() reports `errc::canceled` too.
+  void operator()() const noexcept { (*this)(std::error_code{}); }
+
+  /// Cancels with `errc::canceled` and records `cause` (an empty cause means canceled).
+  void operator()(std::error_code cause) const noexcept {
+    if (n_) detail::cancel(n_, errc::canceled, &cause);
+  }
+
+  /// False for a moved-from or default-constructed handle.
+  [[nodiscard]] explicit operator bool() const noexcept { return n_ != nullptr; }
+
+ private:
+  friend struct detail::access;
+  explicit cancel_handle(detail::cancel_node* adopted) noexcept : n_(adopted) {}
+  void reset() noexcept {
+    if (detail::cancel_node* n = std::exchange(n_, nullptr)) {
+      const std::error_code none;
+      detail::cancel(n, errc::canceled, &none);
+      detail::release(n);
+    }
+  }
+  detail::cancel_node* n_ = nullptr;
+};
+
+/// What every cancelable derivation returns: `auto [c, cancel] = ctx::with_cancel(parent);`
+template <class Clock>
+struct derived {
+  basic_context<Clock> context;
+  cancel_handle cancel;
+};
+
+/// An `after_func` registration: move-only; destroying it deregisters.
+///
+/// Destroying it while the callback runs on another thread waits for the
+/// callback to return (std::stop_callback's rule); destroying it from inside
+/// the callback does not wait. The callable is destroyed with the registration.
+class registration {
+ public:
+  registration() noexcept = default;
+  registration(registration&& other) noexcept : rec_(std::exchange(other.rec_, nullptr)) {}
+  registration& operator=(registration&& other) noexcept {
+    if (this != &other) {
+      reset();
+      rec_ = std::exchange(other.rec_, nullptr);
+    }
+    return *this;
+  }
+  ~registration() { reset(); }
+
+  /// Prevents the callback from running. True iff this call prevented it:
+  /// false if it already ran or is running, or if stop() already returned
+  /// true. Never waits for a running callback.
+  bool stop() noexcept;
+
+ private:
+  friend struct detail::access;
+  explicit registration(detail::callback_rec* rec) noexcept : rec_(rec) {}
+  void reset() noexcept;
+  detail::callback_rec* rec_ = nullptr;
+};
+
+/// Arranges for `f()` to run once when `c` is done.
+///
+/// `f` runs on the thread that cancels (the timer thread for a deadline),
+/// inline, like a `std::stop_callback`; if `c` is done already it runs at once
+/// on this thread, before after_func returns. So `f` must only wake someone
+/// (notify a condition variable, signal an eventfd, set a flag): a slow `f`
+/// delays every deadline in the process. `f` may cancel or derive contexts.
+/// `f` must not throw: if it does, std::terminate is called. Callbacks on one
+/// context run in no specified order. On a context that can never be done,
+/// `f` never runs.
+///
+/// Keep the returned registration: destroying it deregisters `f`.
+/// Throws std::bad_alloc (f is then not registered).
+template <class Clock, class F>
+  requires std::invocable<std::decay_t<F>&>
+[[nodiscard]] registration after_func(const basic_context<Clock>& c, F&& f);
+
+// ---------------------------------------------------------------------------
+// Implementation.
+
+namespace detail {
+
+struct access {
+  template <class Clock>
+  static node* of(const basic_context<Clock>& c) noexcept {
+    return c.n_;
+  }
+  template <class Clock>
+  static basic_context<Clock> adopt(node* n) noexcept {
+    return basic_context<Clock>(n);
+  }
+  static registration make_registration(callback_rec* rec) noexcept { return registration(rec); }
+  /// A new derived context: `n` starts with references for the context and the handle.
+  template <class Clock>
+  static derived<Clock> make_derived(cancel_node* n) noexcept {
+    n->refs.store(2, std::memory_order_relaxed);
+    return {basic_context<Clock>(n), cancel_handle(n)};
+  }
+};
+
+/// `now + t`, rounded up to the clock's tick and saturated at time_point::max().
+template <class TimePoint, class Rep, class Period>
+[[nodiscard]] TimePoint saturating_add(TimePoint now, std::chrono::duration<Rep, Period> t) noexcept {
+  using D = typename TimePoint::duration;
+  using wide = std::chrono::duration<long double>;
+  if (!(t > t.zero())) return now;
+  const D headroom = TimePoint::max() - now;
+  if (wide(t) >= wide(headroom)) return TimePoint::max();
+  D dt;
+  if constexpr (std::chrono::treat_as_floating_point_v<Rep> || std::chrono::treat_as_floating_point_v<typename D::rep>)
+    dt = std::chrono::duration_cast<D>(t);
+  else
+    dt = std::chrono::ceil<D>(t);
+  return dt >= headroom ? TimePoint::max() : now + dt;
+}
+
+/// `d` in the clock's own time_point type, rounded up, saturated at both ends.
+template <class TimePoint, class Clock, class D2>
+[[nodiscard]] TimePoint saturating_cast(std::chrono::time_point<Clock, D2> d) noexcept {
+  using D = typename TimePoint::duration;
+  using wide = std::chrono::duration<long double>;
+  if (wide(d.time_since_epoch()) >= wide(TimePoint::max().time_since_epoch())) return TimePoint::max();
+  if (wide(d.time_since_epoch()) <= wide(TimePoint::min().time_since_epoch())) return TimePoint::min();
+  if constexpr (std::chrono::treat_as_floating_point_v<typename D2::rep> ||
+                std::chrono::treat_as_floating_point_v<typename D::rep>)
+    return std::chrono::time_point_cast<D>(d);
+  else
+    return std::chrono::ceil<D>(d);
+}
+
+template <class Clock>
+derived<Clock> derive_deadline(const basic_context<Clock>& parent, typename Clock::time_point when,
+                               const std::error_code& cause) {
+  node* p = access::of(parent);
+  if (p->dl && static_cast<const deadline_node<Clock>*>(p->dl)->when <= when) {
+    auto* n = new plain_cancel_node(node_kind::inherited_deadline, p, p->dl);
+    acquire(p);
+    auto result = access::make_derived<Clock>(n);
+    link_to_parent(n);
+    return result;
+  }
+  auto* n = new deadline_node<Clock>(p, when);
+  acquire(p);
+  n->cause_ = cause;  // recorded as the cause only if the deadline fires
+  auto result = access::make_derived<Clock>(n);
+  if (!link_to_parent(n)) return result;  // born done: the parent's err and cause
+  if (when <= Clock::now()) {
+    cancel(n, errc::deadline_exceeded, nullptr);
+  } else if (when != Clock::time_point::max()) {
+    tiny_lock lock(n->mtx);
+    if (!(n->state.load(std::memory_order_relaxed) & st_done))
+      timer_service<Clock>::instance().schedule(n);  // on throw, `result` cancels and frees n
+  }
+  return result;
+}
+
+template <class F>
+struct callback_impl final : callback_rec {
+  template <class G>
+  explicit callback_impl(G&& g) : f(static_cast<G&&>(g)) {
+    invoke = [](callback_rec* r) noexcept { static_cast<callback_impl*>(r)->f(); };
+    destroy = [](callback_rec* r) noexcept { delete static_cast<callback_impl*>(r); };
+  }
+  F f;
+};
+
+}  // namespace detail
+
+template <class Clock>
+basic_context<Clock> todo() noexcept {
+  return detail::access::adopt<Clock>(&detail::todo_node);
+}
+
+/// A child that is done when `parent` is, or when the handle cancels it.
+/// A child of a done parent is born done with the parent's err and cause.
+/// Allocates one node; throws std::bad_alloc.
+template <class Clock>
+[[nodiscard]] derived<Clock> with_cancel(const basic_context<Clock>& parent) {
+  detail::node* p = detail::access::of(parent);
+  auto* n = new detail::plain_cancel_node(detail::node_kind::cancel, p, p->dl);
+  detail::acquire(p);
+  auto result = detail::access::make_derived<Clock>(n);
+  detail::link_to_parent(n);
+  return result;
+}
+
+/// A child that is also done, with `errc::deadline_exceeded`, at `d`.
+///
+/// The effective deadline is min(parent's, d): when the parent's is earlier
+/// or equal, no timer is made and `cause` is unused. A deadline now or in the
+/// past makes the child born done with `deadline_exceeded`. `cause` becomes
+/// cause() only if this deadline is what ends the context. `d` may have any
+/// duration type; it is rounded up to the clock's tick and saturates at
+/// `time_point::max()` (which never fires). Throws std::bad_alloc, or
+/// std::system_error if the timer thread cannot be started.
+template <class Clock, class Duration>
+[[nodiscard]] derived<Clock> with_deadline(const basic_context<Clock>& parent,
+                                           std::chrono::time_point<Clock, Duration> d,
+                                           std::error_code cause = {}) {
+  return detail::derive_deadline(parent, detail::saturating_cast<typename Clock::time_point>(d), cause);
+}
+
+/// `with_deadline(parent, Clock::now() + t, cause)`, saturating: `t <= 0` is
+/// already expired, and `duration::max()` of any type never overflows.
+template <class Clock, class Rep, class Period>
+[[nodiscard]] derived<Clock> with_timeout(const basic_context<Clock>& parent, std::chrono::duration<Rep, Period> t,
+                                          std::error_code cause = {}) {
+  return detail::derive_deadline(parent, detail::saturating_add(Clock::now(), t), cause);
+}
+
+/// A child that is also done (with `errc::canceled`) when stop is requested
+/// on `token`. If stop was requested already, the child is born done.
+/// Throws std::bad_alloc.
+template <class Clock>
+[[nodiscard]] derived<Clock> with_stop_token(const basic_context<Clock>& parent, std::stop_token token) {
+  detail::node* p = detail::access::of(parent);
+  auto* n = new detail::stop_token_node(p);
+  detail::acquire(p);
+  auto result = detail::access::make_derived<Clock>(n);
+  if (detail::link_to_parent(n) && token.stop_possible()) n->reg.emplace(std::move(token), detail::stop_token_node::on_stop{n});
+  return result;
+}
+
+/// A child that carries `value` under `k`, and everything else of `parent`.
+/// Lookups find the nearest value for a key. Throws what T's constructor throws, or std::bad_alloc.
+template <class Clock, class T, class U>
+  requires std::constructible_from<T, U&&>
+[[nodiscard]] basic_context<Clock> with_value(const basic_context<Clock>& parent, const key<T>& k, U&& value) {
+  detail::node* p = detail::access::of(parent);
+  auto* n = new detail::value_node<T>(p, &k, k.name(), static_cast<U&&>(value));
+  detail::acquire(p);
+  return detail::access::adopt<Clock>(n);
+}
+
+/// A child that keeps `parent`'s values but is never done and has no
+/// deadline: for work that must outlive the request (give it its own timeout).
+/// Throws std::bad_alloc.
+template <class Clock>
+[[nodiscard]] basic_context<Clock> without_cancel(const basic_context<Clock>& parent) {
+  detail::node* p = detail::access::of(parent);
+  auto* n = new detail::detach_node(p);
+  detail::acquire(p);
+  return detail::access::adopt<Clock>(n);
+}
+
+template <class Clock, class F>
+  requires std::invocable<std::decay_t<F>&>
+registration after_func(const basic_context<Clock>& c, F&& f) {
+  auto* rec = new detail::callback_impl<std::decay_t<F>>(static_cast<F&&>(f));
+  registration reg = detail::access::make_registration(rec);
+  detail::cancel_node* owner = detail::access::of(c)->canc;
+  if (!owner) return reg;  // never done: f never runs
+  detail::acquire(owner);
+  rec->owner = owner;
+  {
+    detail::tiny_lock lock(owner->mtx);
+    if (!(owner->state.load(std::memory_order_relaxed) & detail::st_done)) {
+      rec->next = owner->first_cb;
+      if (rec->next) rec->next->prev = rec;
+      owner->first_cb = rec;
+      rec->st.store(detail::callback_rec::linked, std::memory_order_relaxed);
+      return reg;
+    }
+  }
+  rec->invoke(rec);
+  rec->st.store(detail::callback_rec::finished, std::memory_order_relaxed);
+  return reg;
+}
+
+inline bool registration::stop() noexcept {
+  using detail::callback_rec;
+  if (!rec_) return false;
+  if (!rec_->owner) {
+    std::uint32_t idle = callback_rec::idle;
+    return rec_->st.compare_exchange_strong(idle, callback_rec::removed, std::memory_order_relaxed);
+  }
+  detail::tiny_lock lock(rec_->owner->mtx);
+  if (rec_->st.load(std::memory_order_relaxed) != callback_rec::linked) return false;
+  if (rec_->prev) rec_->prev->next = rec_->next;
+  else rec_->owner->first_cb = rec_->next;
+  if (rec_->next) rec_->next->prev = rec_->prev;
+  rec_->prev = rec_->next = nullptr;
+  rec_->st.store(callback_rec::removed, std::memory_order_relaxed);
+  return true;
+}
+
+inline void registration::reset() noexcept {
+  using detail::callback_rec;
+  detail::callback_rec* rec = std::exchange(rec_, nullptr);
+  if (!rec) return;
+  if (detail::cancel_node* owner = rec->owner) {
+    bool wait = false;
+    {
+      detail::tiny_lock lock(owner->mtx);
+      switch (rec->st.load(std::memory_order_relaxed)) {
+        case callback_rec::linked:
+          if (rec->prev) rec->prev->next = rec->next;
+          else owner->first_cb = rec->next;
+          if (rec->next) rec->next->prev = rec->prev;
+          break;
+        case callback_rec::running:
+          if (rec->runner == std::this_thread::get_id()) *rec->destroyed = true;  // inside f: do not wait
+          else wait = true;
+          break;
+        default: break;
+      }
+    }
+    if (wait) {
+      std::uint32_t s;
+      while ((s = rec->st.load(std::memory_order_acquire)) == callback_rec::running) rec->st.wait(s);
+      detail::tiny_lock sync(owner->mtx);  // the runner stores `finished` under this lock
+    }
+    detail::release(owner);
+  }
+  rec->destroy(rec);
+}
+
+}  // namespace ctx

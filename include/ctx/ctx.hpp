@@ -1,0 +1,8 @@
+// SPDX-License-Identifier: MIT
+// The core of ctx: contexts, derivations, cancel handles, keys and errors.
+#pragma once
+
+#include "context.hpp"  // IWYU pragma: export
+#include "error.hpp"    // IWYU pragma: export
+#include "key.hpp"      // IWYU pragma: export
+#include "version.hpp"  // IWYU pragma: export

@@ -1,0 +1,371 @@
+// SPDX-License-Identifier: MIT
+// Context nodes: reference counting, the cancellation tree, and the cancel algorithm.
+//
+// Thread safety: a node's immutable part (kind, parent, cancelable ancestor,
+// deadline, key bloom, value) is written before the node is published and
+// never again. A cancel node's mutable part is guarded by its own mutex
+// (child list head, callback list, cause, stop source) or by its cancelable
+// parent's mutex (its sibling links and `linked`). The state word is written
+// under the node's mutex with release order and read lock-free with acquire
+// order; the cause is written before the state word, so a reader that sees
+// `st_done` sees the final err and cause.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <stop_token>
+#include <string_view>
+#include <system_error>
+#include <thread>
+
+#include "../error.hpp"
+#include "tiny_mutex.hpp"
+
+namespace ctx::detail {
+
+enum class node_kind : std::uint8_t {
+  background,          // static root
+  todo,                // static root
+  cancel,              // with_cancel
+  deadline,            // with_deadline / with_timeout that set a new, earlier deadline
+  inherited_deadline,  // with_deadline / with_timeout whose parent's deadline is earlier
+  stop_token,          // with_stop_token
+  value,               // with_value
+  detach,              // without_cancel
+};
+
+struct node;
+struct cancel_node;
+struct callback_rec;
+
+/// Per-type operations of a node (a hand-made vtable: static roots stay constinit).
+struct node_ops {
+  void (*destroy)(node*) noexcept;           // deletes the node; must not release the parent
+  void (*on_cancel)(cancel_node*) noexcept;  // after marking done, outside all locks (timers)
+};
+
+/// The part every node has.
+struct node {
+  constexpr node(node_kind k, const node_ops* o, node* p, cancel_node* c, const node* d,
+                 std::uint64_t keys, bool statically_allocated) noexcept
+      : ops(o), refs(1), kind(k), is_static(statically_allocated), parent(p), canc(c), dl(d), key_bloom(keys) {}
+
+  const node_ops* ops;
+  std::atomic<std::uint32_t> refs;
+  node_kind kind;
+  bool is_static;
+  node* parent;            // owns a reference; nullptr for roots
+  cancel_node* canc;       // nearest cancelable node, self included; nullptr if none
+  const node* dl;          // node that holds the effective deadline; nullptr if none
+  std::uint64_t key_bloom; // one bit per key of every value node on the chain
+};
+
+inline constexpr std::uint32_t st_done = 1;     // err and cause are final
+inline constexpr std::uint32_t st_settled = 2;  // every descendant is done too
+inline constexpr std::uint32_t st_err_shift = 2;
+
+[[nodiscard]] constexpr std::uint32_t done_state(errc e) noexcept {
+  return st_done | (static_cast<std::uint32_t>(e) << st_err_shift);
+}
+[[nodiscard]] inline std::error_code err_of_state(std::uint32_t s) noexcept {
+  if (!(s & st_done)) return {};
+  return make_error_code(static_cast<errc>(s >> st_err_shift));
+}
+
+/// A node that can be cancelled: with_cancel, deadlines, with_stop_token.
+struct cancel_node : node {
+  cancel_node(node_kind k, const node_ops* o, node* p, const node* d) noexcept
+      : node(k, o, p, this, d, p->key_bloom, false) {}
+
+  [[nodiscard]] cancel_node* up() const noexcept { return parent->canc; }
+
+  std::atomic<std::uint32_t> state{0};
+  tiny_mutex mtx;
+  bool linked = false;                  // in up()'s child list; guarded by up()->mtx
+  cancel_node* first_child = nullptr;   // guarded by mtx
+  cancel_node* prev_sib = nullptr;      // guarded by up()->mtx
+  cancel_node* next_sib = nullptr;      // guarded by up()->mtx
+  callback_rec* first_cb = nullptr;     // guarded by mtx
+  cancel_node* work_next = nullptr;     // owned by the one cancel operation that marks it
+  std::error_code cause_;               // written under mtx before st_done
+  std::stop_source src_{std::nostopstate};  // created lazily; guarded by mtx
+};
+
+/// An after_func registration (see registration in context.hpp).
+struct callback_rec {
+  enum : std::uint32_t { idle, linked, running, finished, removed };
+
+  callback_rec* prev = nullptr;  // guarded by owner->mtx
+  callback_rec* next = nullptr;
+  void (*invoke)(callback_rec*) noexcept = nullptr;
+  void (*destroy)(callback_rec*) noexcept = nullptr;
+  cancel_node* owner = nullptr;  // owns a reference; nullptr if the context is never done
+  std::atomic<std::uint32_t> st{idle};
+  std::thread::id runner;        // guarded by owner->mtx
+  bool* destroyed = nullptr;     // set by the runner; used only on the runner's thread
+};
+
+// ---------------------------------------------------------------------------
+// Reference counting.
+
+inline void acquire(node* n) noexcept {
+  if (!n->is_static) n->refs.fetch_add(1, std::memory_order_relaxed);
+}
+
+/// Takes a reference unless the count already reached zero (the node is dying).
+[[nodiscard]] inline bool try_acquire(node* n) noexcept {
+  std::uint32_t r = n->refs.load(std::memory_order_relaxed);
+  while (r != 0)
+    if (n->refs.compare_exchange_weak(r, r + 1, std::memory_order_acquire, std::memory_order_relaxed))
+      return true;
+  return false;
+}
+
+/// Drops a reference; destroys the node, then its ancestors, iteratively.
+inline void release(node* n) noexcept {
+  while (n && !n->is_static) {
+    if (n->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    node* parent = n->parent;
+    n->ops->destroy(n);
+    n = parent;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The tree.
+
+/// Removes `c` from its cancelable parent's child list, if it is still there.
+inline void unlink_from_parent(cancel_node* c) noexcept {
+  cancel_node* up = c->up();
+  if (!up) return;
+  tiny_lock lock(up->mtx);
+  if (!c->linked) return;
+  if (c->prev_sib) c->prev_sib->next_sib = c->next_sib;
+  else up->first_child = c->next_sib;
+  if (c->next_sib) c->next_sib->prev_sib = c->prev_sib;
+  c->prev_sib = c->next_sib = nullptr;
+  c->linked = false;
+}
+
+/// Links a new child into its cancelable parent, or makes it born done when
+/// the parent is done already. Returns false when the child was born done.
+inline bool link_to_parent(cancel_node* c) noexcept {
+  cancel_node* up = c->up();
+  if (!up) return true;
+  tiny_lock lock(up->mtx);
+  const std::uint32_t s = up->state.load(std::memory_order_relaxed);
+  if (s & st_done) {
+    c->cause_ = up->cause_;
+    c->state.store(s | st_settled, std::memory_order_relaxed);
+    return false;
+  }
+  c->next_sib = up->first_child;
+  if (c->next_sib) c->next_sib->prev_sib = c;
+  up->first_child = c;
+  c->linked = true;
+  return true;
+}
+
+/// Makes a node that nobody else can see yet born done.
+inline void make_born_done(cancel_node* c, errc e, const std::error_code& cause) noexcept {
+  c->cause_ = cause;
+  c->state.store(done_state(e) | st_settled, std::memory_order_relaxed);
+}
+
+/// Destroys what a cancel node owns besides its memory; used by every destroy().
+inline void retire(cancel_node* c) noexcept { unlink_from_parent(c); }
+
+inline void wait_settled(cancel_node* c) noexcept {
+  std::uint32_t s;
+  while (!((s = c->state.load(std::memory_order_acquire)) & st_settled))
+    c->state.wait(s, std::memory_order_acquire);
+}
+
+/// Marks `n` done; its children move onto `work` (each with a reference).
+/// Precondition: n->mtx held and n not done.
+inline void mark_locked(cancel_node* n, std::uint32_t done_bits, const std::error_code& cause,
+                        cancel_node*& work) noexcept {
+  n->cause_ = cause;
+  n->state.store(done_bits, std::memory_order_release);
+  for (cancel_node* c = n->first_child; c;) {
+    cancel_node* next = c->next_sib;
+    c->linked = false;
+    c->prev_sib = c->next_sib = nullptr;
+    if (try_acquire(c)) {  // a child whose count is zero is being destroyed: nothing to cancel
+      c->work_next = work;
+      work = c;
+    }
+    c = next;
+  }
+  n->first_child = nullptr;
+}
+
+inline void settle(cancel_node* n) noexcept {
+  n->state.fetch_or(st_settled, std::memory_order_release);
+  n->state.notify_all();
+}
+
+/// Runs what a node triggers once done: its stop source, its timer's removal,
+/// its after_func callbacks. Called outside all locks; may run user code.
+inline void fire(cancel_node* n) noexcept {
+  std::stop_source src{std::nostopstate};
+  {
+    tiny_lock lock(n->mtx);
+    src = n->src_;
+  }
+  if (src.stop_possible()) src.request_stop();
+  if (n->ops->on_cancel) n->ops->on_cancel(n);
+  for (;;) {
+    bool destroyed = false;
+    callback_rec* rec;
+    {
+      tiny_lock lock(n->mtx);
+      rec = n->first_cb;
+      if (!rec) break;
+      n->first_cb = rec->next;
+      if (rec->next) rec->next->prev = nullptr;
+      rec->prev = rec->next = nullptr;
+      rec->runner = std::this_thread::get_id();
+      rec->destroyed = &destroyed;
+      rec->st.store(callback_rec::running, std::memory_order_relaxed);
+    }
+    rec->invoke(rec);  // noexcept: a throwing callback terminates, as with std::stop_callback
+    if (!destroyed) {
+      // Under the lock, so that a registration being destroyed on another
+      // thread frees `rec` only after this thread stopped touching it.
+      tiny_lock lock(n->mtx);
+      rec->destroyed = nullptr;
+      rec->st.store(callback_rec::finished, std::memory_order_release);
+      rec->st.notify_all();
+    }
+  }
+}
+
+/// Cancels `root` and every descendant.
+///
+/// `cause == nullptr` keeps the cause stored in the node (a deadline's cause).
+/// When this returns, `root` and all its descendants are done, also when
+/// another thread won the race to cancel: the loser waits until the winner
+/// has marked the whole subtree (which runs no user code, so it cannot
+/// deadlock on callbacks). Stop requests and callbacks of the nodes this call
+/// marked run on this thread before it returns.
+inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noexcept {
+  cancel_node* work = nullptr;
+  root->mtx.lock();
+  if (root->state.load(std::memory_order_relaxed) & st_done) {
+    root->mtx.unlock();
+    wait_settled(root);
+    return;
+  }
+  const std::error_code final_cause = cause ? *cause : root->cause_;
+  mark_locked(root, done_state(e), final_cause, work);
+  root->mtx.unlock();
+
+  // Phase 1: mark the whole subtree, iteratively (a chain of a million levels
+  // costs no stack). Children already done belong to another thread's cancel:
+  // wait until that one has marked its subtree.
+  cancel_node* marked = nullptr;
+  const std::uint32_t bits = done_state(e);
+  while (work) {
+    cancel_node* c = work;
+    work = c->work_next;
+    c->mtx.lock();
+    if (c->state.load(std::memory_order_relaxed) & st_done) {
+      c->mtx.unlock();
+      wait_settled(c);
+      release(c);
+      continue;
+    }
+    mark_locked(c, bits, final_cause, work);
+    c->mtx.unlock();
+    c->work_next = marked;
+    marked = c;
+  }
+  settle(root);
+  for (cancel_node* m = marked; m; m = m->work_next) settle(m);
+
+  // A cancelled child leaves its parent's list at once.
+  unlink_from_parent(root);
+
+  // Phase 2: wake-ups and callbacks, then drop the references phase 1 took.
+  fire(root);
+  while (marked) {
+    cancel_node* m = marked;
+    marked = m->work_next;
+    fire(m);
+    release(m);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Static roots and the node types that need no clock.
+
+inline constexpr node_ops static_ops{nullptr, nullptr};
+inline constinit node background_node{node_kind::background, &static_ops, nullptr, nullptr, nullptr, 0, true};
+inline constinit node todo_node{node_kind::todo, &static_ops, nullptr, nullptr, nullptr, 0, true};
+
+[[nodiscard]] inline std::uint64_t key_bit(const void* key) noexcept {
+  return std::uint64_t{1} << ((reinterpret_cast<std::uintptr_t>(key) * 0x9E3779B97F4A7C15ull) >> 58);
+}
+
+struct value_node_base : node {
+  value_node_base(node* p, const void* k, std::string_view name) noexcept
+      : node(node_kind::value, nullptr, p, p->canc, p->dl, p->key_bloom | key_bit(k), false),
+        key(k),
+        key_name(name) {}
+  const void* key;
+  std::string_view key_name;
+};
+
+template <class T>
+struct value_node final : value_node_base {
+  static void destroy(node* n) noexcept { delete static_cast<value_node*>(n); }
+  static constexpr node_ops ops_{&destroy, nullptr};
+  template <class U>
+  value_node(node* p, const void* k, std::string_view name, U&& v)
+      : value_node_base(p, k, name), value(static_cast<U&&>(v)) {
+    ops = &ops_;
+  }
+  T value;
+};
+
+struct detach_node final : node {
+  static void destroy(node* n) noexcept { delete static_cast<detach_node*>(n); }
+  static constexpr node_ops ops_{&destroy, nullptr};
+  explicit detach_node(node* p) noexcept
+      : node(node_kind::detach, &ops_, p, nullptr, nullptr, p->key_bloom, false) {}
+};
+
+struct plain_cancel_node final : cancel_node {
+  static void destroy(node* n) noexcept {
+    auto* c = static_cast<plain_cancel_node*>(n);
+    retire(c);
+    delete c;
+  }
+  static constexpr node_ops ops_{&destroy, nullptr};
+  plain_cancel_node(node_kind k, node* p, const node* d) noexcept : cancel_node(k, &ops_, p, d) {}
+};
+
+struct stop_token_node final : cancel_node {
+  struct on_stop {
+    stop_token_node* self;
+    void operator()() const noexcept {
+      if (!try_acquire(self)) return;  // being destroyed: nobody can observe it any more
+      cancel(self, errc::canceled, nullptr);
+      release(self);
+    }
+  };
+  static void destroy(node* n) noexcept {
+    auto* c = static_cast<stop_token_node*>(n);
+    c->reg.reset();  // waits for a callback running on another thread
+    retire(c);
+    delete c;
+  }
+  static constexpr node_ops ops_{&destroy, nullptr};
+  explicit stop_token_node(node* p) noexcept : cancel_node(node_kind::stop_token, &ops_, p, p->dl) {}
+  std::optional<std::stop_callback<on_stop>> reg;
+};
+
+}  // namespace ctx::detail

@@ -1,0 +1,209 @@
+// SPDX-License-Identifier: MIT
+// The timer service: one per clock type, one thread for the whole process, a binary heap.
+//
+// Thread safety: the heap and every node's heap index are guarded by the
+// service's mutex. The timer thread never holds that mutex while it cancels a
+// node, so cancellation (which removes timers) cannot deadlock with it.
+// Nodes are scheduled while their own mutex is held (see schedule_deadline),
+// so a node is never scheduled after it was marked done; the cancel algorithm
+// removes the timer of every deadline node it marks (node_ops::on_cancel).
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "node.hpp"
+
+namespace ctx::testing {
+struct manual_clock;
+}
+
+namespace ctx::detail {
+
+/// True for clocks whose timers fire on the thread that moves the clock
+/// (manual_clock::advance), not on a timer thread.
+template <class Clock>
+inline constexpr bool manual_timers = false;
+template <>
+inline constexpr bool manual_timers<ctx::testing::manual_clock> = true;
+
+template <class Clock>
+class timer_service;
+
+/// A cancel node with its own, earlier deadline.
+template <class Clock>
+struct deadline_node final : cancel_node {
+  using time_point = typename Clock::time_point;
+  static constexpr std::uint32_t no_slot = UINT32_MAX;
+
+  static void destroy(node* n) noexcept {
+    auto* d = static_cast<deadline_node*>(n);
+    retire(d);
+    delete d;
+  }
+  static void on_cancel(cancel_node* n) noexcept {
+    timer_service<Clock>::instance().remove(static_cast<deadline_node*>(n));
+  }
+  static constexpr node_ops ops_{&destroy, &on_cancel};
+
+  deadline_node(node* p, time_point w) noexcept : cancel_node(node_kind::deadline, &ops_, p, this), when(w) {}
+
+  time_point when;
+  std::uint32_t slot = no_slot;  // index in the heap; guarded by the service's mutex
+};
+
+template <class Clock>
+class timer_service {
+ public:
+  using time_point = typename Clock::time_point;
+  using dnode = deadline_node<Clock>;
+
+  /// The process-wide service. It is never destroyed, so timers still pending
+  /// at exit, and a timer thread still running then, stay safe.
+  [[nodiscard]] static timer_service& instance() {
+    static timer_service* const s = new timer_service;  // intentionally immortal
+    return *s;
+  }
+
+  /// Adds n's timer. Precondition: n->mtx held, n not done, n not scheduled.
+  void schedule(dnode* n) {
+    std::unique_lock lock(mu_);
+    if constexpr (!manual_timers<Clock>) {
+      if (!started_) {
+        std::thread(&timer_service::run, this).detach();  // may throw std::system_error
+        started_ = true;
+      }
+    }
+    n->slot = static_cast<std::uint32_t>(heap_.size());
+    heap_.push_back({n->when, n});  // may throw std::bad_alloc; nothing changed then
+    sift_up(n->slot);
+    if (n->slot == 0 && !manual_timers<Clock>) cv_.notify_one();
+  }
+
+  /// Removes n's timer if it is pending; frees its slot at once.
+  void remove(dnode* n) noexcept {
+    std::lock_guard lock(mu_);
+    const std::uint32_t i = n->slot;
+    if (i == dnode::no_slot) return;
+    n->slot = dnode::no_slot;
+    const std::uint32_t last = static_cast<std::uint32_t>(heap_.size() - 1);
+    if (i != last) {
+      heap_[i] = heap_[last];
+      heap_[i].n->slot = i;
+      heap_.pop_back();
+      if (i > 0 && heap_[i].when < heap_[(i - 1) / 2].when) sift_up(i);
+      else sift_down(i);
+    } else {
+      heap_.pop_back();
+    }
+    // Give the memory of a burst back, without reallocating on every small swing.
+    if (heap_.capacity() > 4096 && heap_.size() < heap_.capacity() / 8) heap_.shrink_to_fit();
+  }
+
+  /// Fires every timer due at `now` on the calling thread (manual clocks).
+  void fire_due(time_point now) {
+    while (dnode* n = pop_due(now)) fire_one(n);
+  }
+
+  /// Number of pending timers (for tests and benchmarks).
+  [[nodiscard]] std::size_t pending() {
+    std::lock_guard lock(mu_);
+    return heap_.size();
+  }
+
+ private:
+  struct entry {
+    time_point when;
+    dnode* n;
+  };
+
+  timer_service() = default;
+
+  /// Pops the earliest timer if due, with a reference on its node.
+  dnode* pop_due(time_point now) {
+    std::lock_guard lock(mu_);
+    while (!heap_.empty() && heap_[0].when <= now) {
+      dnode* n = heap_[0].n;
+      pop_top();
+      if (try_acquire(n)) return n;
+    }
+    return nullptr;
+  }
+
+  static void fire_one(dnode* n) noexcept {
+    cancel(n, errc::deadline_exceeded, nullptr);
+    release(n);
+  }
+
+  void pop_top() noexcept {
+    heap_[0].n->slot = dnode::no_slot;
+    heap_[0] = heap_.back();
+    heap_.pop_back();
+    if (!heap_.empty()) {
+      heap_[0].n->slot = 0;
+      sift_down(0);
+    }
+  }
+
+  void run() {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      if (heap_.empty()) {
+        cv_.wait(lock);
+        continue;
+      }
+      const time_point next = heap_[0].when;
+      if (Clock::now() < next) {
+        cv_.wait_until(lock, next);
+        continue;
+      }
+      dnode* n = heap_[0].n;
+      pop_top();
+      if (!try_acquire(n)) continue;
+      lock.unlock();
+      fire_one(n);
+      lock.lock();
+    }
+  }
+
+  void sift_up(std::uint32_t i) noexcept {
+    entry e = heap_[i];
+    while (i > 0) {
+      const std::uint32_t p = (i - 1) / 2;
+      if (!(e.when < heap_[p].when)) break;
+      heap_[i] = heap_[p];
+      heap_[i].n->slot = i;
+      i = p;
+    }
+    heap_[i] = e;
+    e.n->slot = i;
+  }
+
+  void sift_down(std::uint32_t i) noexcept {
+    const std::uint32_t size = static_cast<std::uint32_t>(heap_.size());
+    entry e = heap_[i];
+    for (;;) {
+      std::uint32_t c = 2 * i + 1;
+      if (c >= size) break;
+      if (c + 1 < size && heap_[c + 1].when < heap_[c].when) ++c;
+      if (!(heap_[c].when < e.when)) break;
+      heap_[i] = heap_[c];
+      heap_[i].n->slot = i;
+      i = c;
+    }
+    heap_[i] = e;
+    e.n->slot = i;
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<entry> heap_;
+  bool started_ = false;
+};
+
+}  // namespace ctx::detail

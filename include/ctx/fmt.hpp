@@ -1,0 +1,87 @@
+// SPDX-License-Identifier: MIT
+// {fmt} support (opt-in, target ctx::fmt): formatters for contexts and ctx::errc.
+//
+// A context prints as its derivation chain, root first, the way Go's
+// Context.String() does:
+//
+//     background.with_value(trace_id).with_deadline(+1.998s).with_cancel
+//
+// A deadline prints as the time left when formatting (negative once passed).
+// A with_deadline/with_timeout whose parent's deadline was earlier made no
+// timer and prints as with_cancel, as in Go. `ctx::errc` prints its message.
+//
+// Thread safety: formatting reads only immutable parts of the chain and the
+// clock; it may run concurrently with anything.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <string_view>
+#include <vector>
+
+#include "ctx.hpp"
+
+namespace ctx::detail {
+
+template <class Clock, class Out>
+Out format_chain(const node* leaf, Out out) {
+  std::vector<const node*> chain;
+  for (const node* n = leaf; n; n = n->parent) chain.push_back(n);
+  bool first = true;
+  for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+    const node* n = *it;
+    if (!first) *out++ = '.';
+    first = false;
+    switch (n->kind) {
+      case node_kind::background: out = fmt::format_to(out, "background"); break;
+      case node_kind::todo: out = fmt::format_to(out, "todo"); break;
+      case node_kind::cancel:
+      case node_kind::inherited_deadline: out = fmt::format_to(out, "with_cancel"); break;
+      case node_kind::stop_token: out = fmt::format_to(out, "with_stop_token"); break;
+      case node_kind::detach: out = fmt::format_to(out, "without_cancel"); break;
+      case node_kind::value:
+        out = fmt::format_to(out, "with_value({})", static_cast<const value_node_base*>(n)->key_name);
+        break;
+      case node_kind::deadline: {
+        const auto when = static_cast<const deadline_node<Clock>*>(n)->when;
+        if (when == Clock::time_point::max()) {
+          out = fmt::format_to(out, "with_deadline(never)");
+        } else {
+          const auto left = std::chrono::duration<double>(when - Clock::now()).count();
+          out = fmt::format_to(out, "with_deadline({:+.3f}s)", left);
+        }
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace ctx::detail
+
+/// Formats a context as its derivation chain; takes no format spec.
+template <class Clock>
+struct fmt::formatter<ctx::basic_context<Clock>> {
+  constexpr auto parse(fmt::format_parse_context& pc) {
+    auto it = pc.begin();
+    if (it != pc.end() && *it != '}') throw fmt::format_error("ctx::basic_context takes no format spec");
+    return it;
+  }
+  template <class FormatContext>
+  auto format(const ctx::basic_context<Clock>& c, FormatContext& fc) const {
+    return ctx::detail::format_chain<Clock>(ctx::detail::access::of(c), fc.out());
+  }
+};
+
+/// Formats `ctx::errc` as its message ("context canceled"); string specs apply.
+template <>
+struct fmt::formatter<ctx::errc> : fmt::formatter<std::string_view> {
+  template <class FormatContext>
+  auto format(ctx::errc e, FormatContext& fc) const {
+    const std::string_view msg =
+        e == ctx::errc::canceled ? "context canceled"
+        : e == ctx::errc::deadline_exceeded ? "context deadline exceeded" : "unknown ctx error";
+    return fmt::formatter<std::string_view>::format(msg, fc);
+  }
+};

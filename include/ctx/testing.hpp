@@ -1,0 +1,68 @@
+// SPDX-License-Identifier: MIT
+// ctx::testing::manual_clock: a clock that moves only when a test moves it.
+//
+// Thread safety: now() may be called from any thread. advance() and set()
+// are serialised with each other; the timers they make due fire on the
+// calling thread, in deadline order, before the call returns, so everything
+// those cancellations did (done(), callbacks, stop requests) happens-before
+// the return.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <stdexcept>
+
+#include "context.hpp"
+
+namespace ctx::testing {
+
+/// A steady clock with one global time per process, starting at its epoch,
+/// that moves only through advance() and set(). Contexts on it
+/// (`ctx::background<ctx::testing::manual_clock>()`) get deadlines that fire
+/// exactly when a test moves the clock to or past them, on the test's thread,
+/// so tests of deadline logic need no sleeps and no timer thread.
+/// Satisfies Cpp17TrivialClock.
+struct manual_clock {
+  using rep = std::int64_t;
+  using period = std::nano;
+  using duration = std::chrono::duration<rep, period>;
+  using time_point = std::chrono::time_point<manual_clock>;
+  static constexpr bool is_steady = true;
+
+  /// The current manual time.
+  [[nodiscard]] static time_point now() noexcept { return time_point(duration(ticks().load(std::memory_order_acquire))); }
+
+  /// Moves the clock forward by `d` and fires every timer now due, on this
+  /// thread, before returning. Throws std::invalid_argument if `d` is negative.
+  static void advance(duration d) {
+    if (d < duration::zero()) throw std::invalid_argument("ctx::testing::manual_clock::advance: negative duration");
+    std::lock_guard lock(mutex());
+    const time_point t = now() + d;
+    ticks().store(t.time_since_epoch().count(), std::memory_order_release);
+    detail::timer_service<manual_clock>::instance().fire_due(t);
+  }
+
+  /// Sets the clock to `t` and fires every timer now due, as advance() does.
+  /// Precondition t >= now(); throws std::invalid_argument otherwise (a
+  /// steady clock never goes back).
+  static void set(time_point t) {
+    std::lock_guard lock(mutex());
+    if (t < now()) throw std::invalid_argument("ctx::testing::manual_clock::set: time would go backwards");
+    ticks().store(t.time_since_epoch().count(), std::memory_order_release);
+    detail::timer_service<manual_clock>::instance().fire_due(t);
+  }
+
+ private:
+  static std::atomic<rep>& ticks() noexcept {
+    static constinit std::atomic<rep> t{0};
+    return t;
+  }
+  static std::mutex& mutex() noexcept {
+    static std::mutex m;
+    return m;
+  }
+};
+
+}  // namespace ctx::testing

@@ -1,0 +1,45 @@
+// SPDX-License-Identifier: MIT
+#include <ctx/fmt.hpp>
+#include <ctx/testing.hpp>
+
+#include <string>
+
+#include "support/catch.hpp"
+
+using namespace std::chrono_literals;
+using manual = ctx::testing::manual_clock;
+
+namespace {
+inline constexpr ctx::key<std::string> trace_id{"trace_id"};
+}
+
+TEST_CASE("a context prints its derivation chain as Go's String does", "[fmt]") {
+  CHECK(fmt::format("{}", ctx::background()) == "background");
+  CHECK(fmt::format("{}", ctx::todo()) == "todo");
+  auto v = ctx::with_value(ctx::background<manual>(), trace_id, "abc");
+  auto [d, cd] = ctx::with_timeout(v, 1998ms);
+  auto [c, cc] = ctx::with_cancel(d);
+  CHECK(fmt::format("{}", c) == "background.with_value(trace_id).with_deadline(+1.998s).with_cancel");
+  manual::advance(2s);
+  CHECK(fmt::format("{}", d) == "background.with_value(trace_id).with_deadline(-0.002s)");
+}
+
+TEST_CASE("every kind of node has a name", "[fmt]") {
+  std::stop_source src;
+  auto [a, ca] = ctx::with_stop_token(ctx::background<manual>(), src.get_token());
+  auto b = ctx::without_cancel(a);
+  auto [late, cl] = ctx::with_timeout(b, manual::duration::max());
+  auto [inherited, ci] = ctx::with_timeout(late, manual::duration::max());
+  CHECK(fmt::format("{}", inherited) ==
+        "background.with_stop_token.without_cancel.with_deadline(never).with_cancel");
+}
+
+TEST_CASE("errc prints its message and honours string specs", "[fmt]") {
+  CHECK(fmt::format("{}", ctx::errc::canceled) == "context canceled");
+  CHECK(fmt::format("{}", ctx::errc::deadline_exceeded) == "context deadline exceeded");
+  CHECK(fmt::format("[{:>18}]", ctx::errc::canceled) == "[  context canceled]");
+}
+
+TEST_CASE("a context rejects format specs", "[fmt]") {
+  CHECK_THROWS_AS(fmt::format(fmt::runtime("{:x}"), ctx::background()), fmt::format_error);
+}
