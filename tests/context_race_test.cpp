@@ -56,7 +56,9 @@ struct tree {
 
 TEST_CASE("concurrent cancels of a tree: every loser also returns with the subtree done", "[race]") {
   for (int round = 0; round < 20; ++round) {
-    auto [root, cancel] = ctx::with_cancel(ctx::background());
+    auto root_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
+    auto& root = root_cancel.context;
+    auto& cancel = root_cancel.cancel;
     tree t(root, 4, 4);  // 340 contexts
     std::atomic<int> callbacks{0};
     std::vector<ctx::registration> regs;
@@ -82,7 +84,9 @@ TEST_CASE("concurrent cancels of a tree: every loser also returns with the subtr
 
 TEST_CASE("cancel versus derive: every child is done once both have returned", "[race]") {
   for (int round = 0; round < 50; ++round) {
-    auto [root, cancel] = ctx::with_cancel(ctx::background());
+    auto root_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
+    auto& root = root_cancel.context;
+    auto& cancel = root_cancel.cancel;
     std::latch start(3);
     std::vector<ctx::context> made_a, made_b;
     std::vector<ctx::cancel_handle> handles_a, handles_b;
@@ -127,7 +131,9 @@ TEST_CASE("a thread that sees done() sees the final err and cause", "[race]") {
 
 TEST_CASE("after_func stop versus cancel: exactly one of them wins", "[race][after_func]") {
   for (int round = 0; round < 500; ++round) {
-    auto [c, cancel] = ctx::with_cancel(ctx::background());
+    auto c_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
+    auto& c = c_cancel.context;
+    auto& cancel = c_cancel.cancel;
     std::atomic<int> ran{0};
     auto reg = ctx::after_func(c, [&] { ran.fetch_add(1); });
     std::latch start(2);
@@ -145,7 +151,9 @@ TEST_CASE("after_func stop versus cancel: exactly one of them wins", "[race][aft
 }
 
 TEST_CASE("destroying a registration waits for its callback running on another thread", "[race][after_func]") {
-  auto [c, cancel] = ctx::with_cancel(ctx::background());
+  auto c_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
+  auto& c = c_cancel.context;
+  auto& cancel = c_cancel.cancel;
   std::latch in_callback(1);
   std::atomic<bool> release{false};
   std::atomic<bool> finished{false};
@@ -166,7 +174,9 @@ TEST_CASE("destroying a registration waits for its callback running on another t
 }
 
 TEST_CASE("stop from another thread while the callback runs returns false at once", "[race][after_func]") {
-  auto [c, cancel] = ctx::with_cancel(ctx::background());
+  auto c_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
+  auto& c = c_cancel.context;
+  auto& cancel = c_cancel.cancel;
   std::latch in_callback(1);
   std::atomic<bool> release{false};
   auto reg = ctx::after_func(c, [&] {
@@ -184,7 +194,9 @@ TEST_CASE("a callback of a child cancels the parent while another thread cancels
   // The deadlock shape: thread A cancels the parent and waits for the child,
   // which thread B is cancelling; B's callback on the child cancels the parent.
   for (int round = 0; round < 300; ++round) {
-    auto [parent, pc] = ctx::with_cancel(ctx::background());
+    auto parent_pc = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
+    auto& parent = parent_pc.context;
+    auto& pc = parent_pc.cancel;
     auto [child, cc] = ctx::with_cancel(parent);
     auto [grand, gc] = ctx::with_cancel(child);
     auto reg = ctx::after_func(child, [&pc] { pc(P); });
@@ -203,7 +215,9 @@ TEST_CASE("a callback of a child cancels the parent while another thread cancels
 }
 
 TEST_CASE("cancel from inside after_func of a descendant", "[race][after_func]") {
-  auto [root, cancel] = ctx::with_cancel(ctx::background());
+  auto root_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
+  auto& root = root_cancel.context;
+  auto& cancel = root_cancel.cancel;
   auto [mid, mc] = ctx::with_cancel(root);
   auto [leaf, lc] = ctx::with_cancel(mid);
   auto reg = ctx::after_func(leaf, [&cancel] { cancel(P); });
@@ -214,7 +228,9 @@ TEST_CASE("cancel from inside after_func of a descendant", "[race][after_func]")
 
 TEST_CASE("children dropped while their parent is being cancelled", "[race]") {
   for (int round = 0; round < 50; ++round) {
-    auto [root, cancel] = ctx::with_cancel(ctx::background());
+    auto root_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
+    auto& root = root_cancel.context;
+    auto& cancel = root_cancel.cancel;
     std::vector<std::vector<ctx::derived<std::chrono::steady_clock>>> batches(4);
     for (auto& b : batches)
       for (int i = 0; i < 100; ++i) b.push_back(ctx::with_cancel(root));
@@ -231,7 +247,9 @@ TEST_CASE("children dropped while their parent is being cancelled", "[race]") {
 
 TEST_CASE("stop tokens asked for while the context is being cancelled are all stopped", "[race][stop_token]") {
   for (int round = 0; round < 200; ++round) {
-    auto [c, cancel] = ctx::with_cancel(ctx::background());
+    auto c_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
+    auto& c = c_cancel.context;
+    auto& cancel = c_cancel.cancel;
     std::latch start(2);
     std::stop_token tok;
     {
@@ -249,7 +267,9 @@ TEST_CASE("stop tokens asked for while the context is being cancelled are all st
 TEST_CASE("a timer cancelled exactly as it fires runs its callback at most once", "[race][deadline][real]") {
   std::mt19937 rng(12345);
   for (int round = 0; round < 200; ++round) {
-    auto [c, cancel] = ctx::with_timeout(ctx::background(), std::chrono::microseconds(rng() % 200));
+    auto c_cancel = ctx::with_timeout(ctx::background(), std::chrono::microseconds(rng() % 200));  // clang 14 cannot capture structured bindings
+    auto& c = c_cancel.context;
+    auto& cancel = c_cancel.cancel;
     std::atomic<int> ran{0};
     auto reg = ctx::after_func(c, [&] { ran.fetch_add(1); });
     std::this_thread::sleep_for(std::chrono::microseconds(rng() % 200));
@@ -260,7 +280,9 @@ TEST_CASE("a timer cancelled exactly as it fires runs its callback at most once"
 }
 
 TEST_CASE("many threads blocked in wait() all wake on one cancel", "[race]") {
-  auto [c, cancel] = ctx::with_cancel(ctx::background());
+  auto c_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
+  auto& c = c_cancel.context;
+  auto& cancel = c_cancel.cancel;
   constexpr int n = 256;
   std::latch started(n + 1);
   std::atomic<int> woke{0};
@@ -279,7 +301,9 @@ TEST_CASE("many threads blocked in wait() all wake on one cancel", "[race]") {
 }
 
 TEST_CASE("many threads deriving from, cancelling and dropping one shared tree", "[race][stress]") {
-  auto [root, cancel] = ctx::with_cancel(ctx::background());
+  auto root_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
+  auto& root = root_cancel.context;
+  auto& cancel = root_cancel.cancel;
   std::atomic<long> callbacks{0};
   std::atomic<long> registered{0};
   std::atomic<int> failures{0};

@@ -178,7 +178,9 @@ TEST_CASE("throw_if_done throws ctx::error with err and cause", "[cancel]") {
 }
 
 TEST_CASE("wait returns once the context is done", "[cancel]") {
-  auto [c, cancel] = ctx::with_cancel(ctx::background());
+  auto c_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
+  auto& c = c_cancel.context;
+  auto& cancel = c_cancel.cancel;
   std::thread t([&cancel] { cancel(); });
   c.wait();
   CHECK(c.done());
@@ -739,8 +741,12 @@ TEST_CASE("after_func fires for deadlines on the thread that moves the clock", "
 }
 
 TEST_CASE("a callback may cancel and derive contexts", "[after_func]") {
-  auto [a, ca] = ctx::with_cancel(ctx::background());
-  auto [b, cb] = ctx::with_cancel(ctx::background());
+  auto a_ca = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
+  auto& a = a_ca.context;
+  auto& ca = a_ca.cancel;
+  auto b_cb = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
+  auto& b = b_cb.context;
+  auto& cb = b_cb.cancel;
   ctx::context born;
   auto reg = ctx::after_func(a, [&] {
     cb(P);
