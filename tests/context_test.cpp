@@ -840,3 +840,16 @@ TEST_CASE("dropping a million-deep chain of values and detached nodes uses bound
   CHECK(*leaf.value(user) == 999'999);
   leaf = ctx::context{};
 }
+
+TEST_CASE("contexts work on any clock, system_clock included", "[deadline][real]") {
+  auto [c, cancel] = ctx::with_timeout(ctx::background<std::chrono::system_clock>(), 10ms);
+  STATIC_REQUIRE(std::is_same_v<decltype(c)::time_point, std::chrono::system_clock::time_point>);
+  c.wait();
+  CHECK(c.err() == deadline_exceeded);
+}
+
+TEST_CASE("ctx::error can be made from an error alone", "[cancel]") {
+  const ctx::error e(ctx::errc::canceled);
+  CHECK(e.code() == canceled);
+  CHECK(e.cause() == canceled);
+}

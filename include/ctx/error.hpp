@@ -35,7 +35,7 @@ enum class errc {
 /// `code()` unless a cause was given to the cancel handle or the deadline.
 class error : public std::system_error {
  public:
-  error(std::error_code err, std::error_code cause)
+  explicit error(std::error_code err, std::error_code cause = {})
       : std::system_error(err), cause_(cause ? cause : err) {}
 
   /// The recorded cause of the cancellation (never empty).

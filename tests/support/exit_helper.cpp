@@ -61,7 +61,7 @@ void start_blocked_waiters(const ctx::context& c, int n) {
 
 int main(int argc, char** argv) {
   if (argc != 2) {
-    std::fprintf(stderr, "usage: exit_helper return|exit|static_destructor|throwing_callback\n");
+    std::fprintf(stderr, "usage: exit_helper return|exit|static_destructor|fork|throwing_callback\n");
     return 2;
   }
   const char* mode = argv[1];
@@ -77,6 +77,26 @@ int main(int argc, char** argv) {
     int status = 0;
     if (pid < 0 || waitpid(pid, &status, 0) != pid) return 3;
     return WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT ? 0 : 1;
+  }
+
+  if (std::strcmp(mode, "fork") == 0) {
+    // Defined behaviour after fork(): the child's first new deadline restarts
+    // the timer thread, which also fires the deadlines inherited from the parent.
+    auto [inherited, ci] = ctx::with_timeout(ctx::background(), 30ms);
+    auto [parent_only, cp] = ctx::with_timeout(ctx::background(), 1h);
+    const pid_t pid = fork();
+    if (pid == 0) {
+      auto [own, co] = ctx::with_timeout(ctx::background(), 10ms);
+      own.wait();
+      inherited.wait();
+      const bool ok = own.err() == ctx::errc::deadline_exceeded &&
+                      inherited.err() == ctx::errc::deadline_exceeded && !parent_only.done();
+      _exit(ok ? 0 : 1);
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid) return 3;
+    inherited.wait();  // the parent's timer thread is unaffected
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
   }
 
   static pending_work work;  // its static destructor runs while timers are pending

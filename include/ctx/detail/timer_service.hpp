@@ -7,13 +7,21 @@
 // Nodes are scheduled while their own mutex is held (see schedule_deadline),
 // so a node is never scheduled after it was marked done; the cancel algorithm
 // removes the timer of every deadline node it marks (node_ops::on_cancel).
+//
+// fork(): the service's mutex is held across fork() (pthread_atfork), so the
+// child never inherits it locked. The child has no timer thread; the next
+// deadline scheduled in the child starts a new one, which then also fires the
+// deadlines inherited from the parent.
 #pragma once
+
+#include <pthread.h>
 
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -122,7 +130,16 @@ class timer_service {
     dnode* n;
   };
 
-  timer_service() = default;
+  timer_service() {
+    pthread_atfork([] { instance().mu_.lock(); }, [] { instance().mu_.unlock(); },
+                   [] {
+                     timer_service& s = instance();
+                     s.started_ = false;  // the thread did not survive the fork
+                     // Waiters of the parent do not exist here: start from a clean condition variable.
+                     new (&s.cv_) std::condition_variable();
+                     s.mu_.unlock();
+                   });
+  }
 
   /// Pops the earliest timer if due, with a reference on its node.
   dnode* pop_due(time_point now) {
