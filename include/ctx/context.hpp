@@ -9,7 +9,9 @@
 // final err() and cause(). When any cancel returns, also one that lost a race
 // with a concurrent cancel, the context and every descendant report done().
 // The thread that won runs the stop requests and after_func callbacks of the
-// contexts it cancelled before its own cancel returns.
+// contexts it cancelled before its own cancel returns; a cancel that lost the
+// race does not wait for them (it cannot, without risking a deadlock when a
+// callback cancels an ancestor).
 #pragma once
 
 #include <atomic>
