@@ -87,8 +87,8 @@ class timer_service {
         started_ = true;
       }
     }
-    n->slot = static_cast<std::uint32_t>(heap_.size());
     heap_.push_back({n->when, n});  // may throw std::bad_alloc; nothing changed then
+    n->slot = static_cast<std::uint32_t>(heap_.size() - 1);
     sift_up(n->slot);
     if (n->slot == 0 && !manual_timers<Clock>) cv_.notify_one();
   }
