@@ -33,7 +33,8 @@ struct finish_signal {
 }  // namespace
 
 TEST_CASE("detached work keeps the request's values and outlives its cancellation", "[detach]") {
-  auto [request, end_request] = ctx::with_cancel(ctx::with_value(ctx::background(), trace_id, std::string("t-42")));
+  auto [request, end_request] =
+      ctx::with_cancel(ctx::with_value(ctx::background(), trace_id, std::string("t-42")));
   std::latch request_ended(1);
   std::latch finished(1);
   std::optional<std::string> seen_trace;
@@ -59,7 +60,8 @@ TEST_CASE("detached work keeps the request's values and outlives its cancellatio
 
 TEST_CASE("detached work ends at its own timeout, counted from the call", "[detach]") {
   const auto start = manual::now();
-  auto [request, end_request] = ctx::with_timeout(ctx::background<manual>(), 1s);  // the request's own deadline
+  // The request's own deadline is earlier than the detached work's.
+  auto [request, end_request] = ctx::with_timeout(ctx::background<manual>(), 1s);
   std::latch finished(1);
   std::error_code err;
   manual::time_point ended_at{};

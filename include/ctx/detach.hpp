@@ -33,7 +33,8 @@ namespace ctx {
 /// work to an executor of your own; `detach` below also starts a thread.
 /// Throws as `with_timeout` does.
 template <class Clock, class Rep, class Period>
-[[nodiscard]] derived<Clock> detached_context(const basic_context<Clock>& c, std::chrono::duration<Rep, Period> timeout);
+[[nodiscard]] derived<Clock> detached_context(const basic_context<Clock>& c,
+                                              std::chrono::duration<Rep, Period> timeout);
 
 /// Runs `f(d)` on a new, detached thread, where `d` is `detached_context(c, timeout)`.
 ///

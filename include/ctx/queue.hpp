@@ -28,10 +28,13 @@
 namespace ctx {
 
 /// Why a queue operation did nothing, besides the context's own errors.
+///
+/// `closed` is equivalent to `std::errc::broken_pipe`; `full` and `empty` to
+/// `std::errc::resource_unavailable_try_again` (EAGAIN).
 enum class queue_errc {
-  closed = 1,  ///< "queue closed": push after close(), or pop on a closed, drained queue. Equivalent to std::errc::broken_pipe.
-  full = 2,    ///< "queue full": try_push found no room. Equivalent to std::errc::resource_unavailable_try_again.
-  empty = 3,   ///< "queue empty": try_pop found nothing. Equivalent to std::errc::resource_unavailable_try_again.
+  closed = 1,  ///< "queue closed": push after close(), or pop on a closed, drained queue.
+  full = 2,    ///< "queue full": try_push found no room.
+  empty = 3,   ///< "queue empty": try_pop found nothing.
 };
 
 }  // namespace ctx
@@ -199,7 +202,8 @@ template <class Clock, class U>
 std::error_code bounded_queue<T>::push_impl(const basic_context<Clock>& c, U& item) {
   if (c.done()) return c.err();
   std::unique_lock lock(m_);
-  const bool room = not_full_.wait(lock, c.stop_token(), [&] { return closed_ || items_.size() < capacity_; });
+  const bool room =
+      not_full_.wait(lock, c.stop_token(), [&] { return closed_ || items_.size() < capacity_; });
   if (closed_) return queue_errc::closed;
   if (!room) return c.err();  // the predicate was false under the lock: nothing to pass on
   items_.push_back(static_cast<U&&>(item));  // strong guarantee: on throw, nothing changed

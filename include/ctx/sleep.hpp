@@ -33,7 +33,8 @@ namespace ctx {
 /// Throws std::bad_alloc, or std::system_error if the timer thread cannot be
 /// started (as `with_deadline` does).
 template <class Clock, class Duration>
-[[nodiscard]] std::error_code sleep_until(const basic_context<Clock>& c, std::chrono::time_point<Clock, Duration> t);
+[[nodiscard]] std::error_code sleep_until(const basic_context<Clock>& c,
+                                          std::chrono::time_point<Clock, Duration> t);
 
 /// Blocks for `d`, or until `c` is done: `sleep_until(c, Clock::now() + d)`.
 ///

@@ -32,10 +32,10 @@ namespace ctx {
 /// What a task of a group is: called with the group's context, returns a
 /// `std::error_code` (`{}` for success), or returns nothing (always success).
 template <class F, class Clock>
-concept group_task =
-    std::invocable<std::decay_t<F>&, const basic_context<Clock>&> &&
-    (std::is_void_v<std::invoke_result_t<std::decay_t<F>&, const basic_context<Clock>&>> ||
-     std::convertible_to<std::invoke_result_t<std::decay_t<F>&, const basic_context<Clock>&>, std::error_code>);
+concept group_task = std::invocable<std::decay_t<F>&, const basic_context<Clock>&> &&
+                     (std::is_void_v<std::invoke_result_t<std::decay_t<F>&, const basic_context<Clock>&>> ||
+                      std::convertible_to<std::invoke_result_t<std::decay_t<F>&, const basic_context<Clock>&>,
+                                          std::error_code>);
 
 /// A group of tasks that work on parts of one job, each on its own thread,
 /// under one context that the first failure cancels: Go's errgroup.WithContext.
