@@ -15,6 +15,7 @@
 #include <stdexcept>
 #include <system_error>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "support/catch.hpp"
@@ -33,28 +34,40 @@ struct board {
   std::mutex m;
   CV cv;
   bool ready = false;
-  int waiting = 0;  // waiters inside ctx::wait (counted by the predicate's first call)
 };
+
+/// How many times ctx::wait evaluates the predicate, with the mutex held
+/// throughout, before it blocks: once for std::condition_variable_any (the
+/// standard stop_token wait); twice for std::condition_variable (on entry,
+/// then again after registering the wake-up, which drops the lock).
+template <class CV>
+inline constexpr int evaluations_before_blocking = std::is_same_v<CV, std::condition_variable> ? 2 : 1;
 
 /// Catch2 assertions are not thread-safe: waiters record a lock that was not
 /// held on return here, and the test thread checks it.
 std::atomic<int> lock_not_held{0};
 
-/// Runs ctx::wait with a predicate that counts the waiter in on its first call.
+/// Runs ctx::wait, counting the waiter into `entered` at the last predicate
+/// evaluation before it blocks: from then on it holds the mutex until the
+/// condition variable releases it.
 template <class Clock, class CV>
 bool wait_on(const ctx::basic_context<Clock>& c, board<CV>& b, std::atomic<int>* entered = nullptr) {
   std::unique_lock lock(b.m);
-  bool first = true;
+  int calls = 0;
   const bool r = ctx::wait(c, b.cv, lock, [&] {
-    if (first) {
-      first = false;
-      ++b.waiting;
-      if (entered) entered->fetch_add(1);
-    }
+    if (++calls == evaluations_before_blocking<CV> && entered) entered->fetch_add(1);
     return b.ready;
   });
   if (!lock.owns_lock()) lock_not_held.fetch_add(1);
   return r;
+}
+
+/// Returns once `n` waiters are blocked in the condition variable: each was
+/// counted in while holding the mutex, which only the wait releases.
+template <class CV>
+void await_blocked(board<CV>& b, const std::atomic<int>& entered, int n) {
+  while (entered.load() < n) std::this_thread::yield();
+  std::lock_guard g(b.m);
 }
 
 }  // namespace
@@ -82,7 +95,7 @@ TEMPLATE_TEST_CASE("cancel while blocked ends the wait with false and leaves the
   std::atomic<int> entered{0};
   bool result = true;
   std::thread waiter([&, c = c] { result = wait_on(c, b, &entered); });
-  while (entered.load() == 0) std::this_thread::yield();  // the waiter is in ctx::wait
+  await_blocked(b, entered, 1);
   cancel();
   waiter.join();
   CHECK_FALSE(result);
@@ -115,7 +128,7 @@ TEMPLATE_TEST_CASE("a manual-clock deadline while blocked ends the wait with dea
     result = wait_on(c, b, &entered);
     returned_at = manual::now();
   });
-  while (entered.load() == 0) std::this_thread::yield();
+  await_blocked(b, entered, 1);
   manual::advance(3s);
   waiter.join();
   CHECK_FALSE(result);
@@ -154,7 +167,7 @@ TEST_CASE("condition_variable_any: a context may be cancelled while holding the 
   std::atomic<int> entered{0};
   bool result = true;
   std::thread waiter([&, c = c] { result = wait_on(c, b, &entered); });
-  while (entered.load() == 0) std::this_thread::yield();
+  await_blocked(b, entered, 1);
   {
     std::lock_guard g(b.m);
     cancel();  // allowed for condition_variable_any
@@ -189,7 +202,7 @@ TEST_CASE("condition_variable: a cancel on another thread waits while the waiter
   std::atomic<int> entered{0};
   bool result = true;
   std::thread waiter([&, c = c] { result = wait_on(c, b, &entered); });
-  while (entered.load() == 0) std::this_thread::yield();
+  await_blocked(b, entered, 1);
   std::atomic<bool> cancel_returned{false};
   std::unique_lock held(b.m);  // the waiter is inside cv.wait, so the mutex is free to take
   std::latch cancelling(1);
@@ -300,7 +313,7 @@ TEMPLATE_TEST_CASE("one cancel wakes 1000 threads waiting on one condition varia
     waiters.emplace_back([&, c = c] {
       if (!wait_on(c, b, &entered)) woke_false.fetch_add(1);
     });
-  while (entered.load() < n) std::this_thread::yield();
+  await_blocked(b, entered, n);
   cancel();
   for (auto& t : waiters) t.join();
   CHECK(woke_false.load() == n);
