@@ -117,6 +117,27 @@ TEST_CASE("read returns what is there, short reads included, and 0 bytes at end 
   CHECK(r.error() == std::error_code{});
 }
 
+TEST_CASE("wait_readable and wait_writable report readiness, end of file included", "[io]") {
+  auto [c, cancel] = ctx::with_cancel(ctx::background());
+  auto p = test::make_pipe();
+  CHECK(ctx::io::wait_writable(c, p.b.get()) == std::error_code{});
+  REQUIRE(::write(p.b.get(), "x", 1) == 1);
+  CHECK(ctx::io::wait_readable(c, p.a.get()) == std::error_code{});
+  CHECK(ctx::io::wait_readable(c, p.a.get()) == std::error_code{});  // consumes nothing
+  std::byte buf[4];
+  REQUIRE(::read(p.a.get(), buf, sizeof buf) == 1);
+  p.b.reset();
+  CHECK(ctx::io::wait_readable(c, p.a.get()) == std::error_code{});  // the hang-up: read(2) sees EOF
+}
+
+TEST_CASE("recv passes its flags on: MSG_PEEK leaves the data", "[io]") {
+  auto s = test::make_socketpair();
+  REQUIRE(::send(s.b.get(), "peek", 4, 0) == 4);
+  std::byte buf[8];
+  CHECK(ctx::io::recv(ctx::background(), s.a.get(), buf, MSG_PEEK).bytes() == 4);
+  CHECK(ctx::io::recv(ctx::background(), s.a.get(), buf).bytes() == 4);
+}
+
 TEST_CASE("read on a never-done context works without a wake-up fd", "[io]") {
   auto p = test::make_pipe();
   REQUIRE(::write(p.b.get(), "abc", 3) == 3);

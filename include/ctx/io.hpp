@@ -256,22 +256,24 @@ class sigpipe_guard {
   bool raised_ = false;
 };
 
-/// Sends the rest of `buf` after a first send(2) returned `n` (errno if < 0).
+/// Sends the rest of `buf` after a first send(2) returned `n`, and `err` (its errno) if n < 0.
 template <class Clock>
-result send_rest(const basic_context<Clock>& c, int fd, std::span<const std::byte> buf, int flags, ssize_t n) {
+result send_rest(const basic_context<Clock>& c, int fd, std::span<const std::byte> buf, int flags, ssize_t n,
+                 int err) {
   std::size_t sent = 0;
   lazy_wake wake;
   for (;;) {
     if (n >= 0) {
       sent += static_cast<std::size_t>(n);
       if (sent == buf.size()) return {sent, {}};
-    } else if (would_block(errno)) {
+    } else if (would_block(err)) {
       if (const std::error_code e = wake.wait(c, fd, POLLOUT)) return {sent, e};
-    } else if (errno != EINTR) {
-      return {sent, last_error()};
+    } else if (err != EINTR) {
+      return {sent, std::error_code(err, std::system_category())};
     }
     if (c.done()) return {sent, c.err()};
     n = ::send(fd, buf.data() + sent, buf.size() - sent, flags | MSG_DONTWAIT | MSG_NOSIGNAL);
+    err = n < 0 ? errno : 0;
   }
 }
 
@@ -344,8 +346,9 @@ result write(const basic_context<Clock>& c, int fd, std::span<const std::byte> b
   // Try it as a socket first: for sockets that is the whole cost of a write
   // that fits in the socket buffer; anything else fails at once with ENOTSOCK.
   const ssize_t n = ::send(fd, buf.data(), buf.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
-  if (n < 0 && errno == ENOTSOCK) return detail::write_other(c, fd, buf);
-  return detail::send_rest(c, fd, buf, 0, n);
+  const int err = n < 0 ? errno : 0;
+  if (err == ENOTSOCK) return detail::write_other(c, fd, buf);
+  return detail::send_rest(c, fd, buf, 0, n, err);
 }
 
 template <class Clock>
@@ -371,7 +374,7 @@ result send(const basic_context<Clock>& c, int fd, std::span<const std::byte> bu
   if (buf.empty()) return {0, {}};
   if (fd < 0) return {0, std::error_code(EBADF, std::system_category())};
   const ssize_t n = ::send(fd, buf.data(), buf.size(), flags | MSG_DONTWAIT | MSG_NOSIGNAL);
-  return detail::send_rest(c, fd, buf, flags, n);
+  return detail::send_rest(c, fd, buf, flags, n, n < 0 ? errno : 0);
 }
 
 template <class Clock>
