@@ -8,14 +8,17 @@
 
 #include <pthread.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 
 #include <atomic>
+#include <cstddef>
 #include <chrono>
 #include <csignal>
 #include <cstring>
 #include <latch>
 #include <memory>
 #include <optional>
+#include <string>
 #include <span>
 #include <thread>
 #include <vector>
@@ -482,6 +485,59 @@ TEST_CASE("cancel while blocked in accept returns canceled and leaves the listen
   CHECK(a.error() == std::error_code{});
   test::fd accepted(a.fd());
   CHECK(accepted.get() >= 0);
+}
+
+TEST_CASE("a full Unix-domain backlog is EAGAIN from connect, reported as is", "[io][errors]") {
+  // A non-blocking connect(2) on a Unix socket cannot wait for room in the
+  // backlog, and connect() runs the socket non-blocking: the system's EAGAIN.
+  test::fd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  const std::string name = "ctx-io-test-" + std::to_string(::getpid());
+  std::memcpy(addr.sun_path + 1, name.data(), name.size());  // abstract: no file
+  const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+  const auto* sa = reinterpret_cast<const sockaddr*>(&addr);
+  REQUIRE(::bind(listener.get(), sa, len) == 0);
+  REQUIRE(::listen(listener.get(), 0) == 0);
+
+  auto [c, cancel] = ctx::with_cancel(ctx::background());
+  std::vector<test::fd> clients;
+  std::error_code e;
+  for (int i = 0; i < 8 && !e; ++i) {
+    clients.emplace_back(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    e = ctx::io::connect(c, clients.back().get(), sa, len);
+  }
+  CHECK(e == sys(EAGAIN));
+  CHECK((::fcntl(clients.back().get(), F_GETFL) & O_NONBLOCK) == 0);  // flags restored
+}
+
+TEST_CASE("a signal interrupting a blocked write (EINTR) loses and repeats nothing", "[io][errors]") {
+  struct sigaction sa {};
+  sa.sa_handler = on_usr1;
+  sigemptyset(&sa.sa_mask);
+  struct sigaction old {};
+  REQUIRE(::sigaction(SIGUSR1, &sa, &old) == 0);
+  usr1_count = 0;
+
+  const auto data = test::pattern(100000);
+  auto p = test::make_pipe(O_CLOEXEC, 4096);
+  auto [c, cancel] = ctx::with_cancel(ctx::background());
+  worker<ctx::io::result> w([&, c = c] { return ctx::io::write(c, p.b.get(), data); });
+  REQUIRE(w.blocked());
+  REQUIRE(::pthread_kill(w.t.native_handle(), SIGUSR1) == 0);
+  while (usr1_count.load() == 0) std::this_thread::yield();
+  std::vector<std::byte> got;
+  std::byte buf[8192];
+  while (got.size() < data.size()) {
+    const ssize_t n = ::read(p.a.get(), buf, sizeof buf);
+    REQUIRE(n > 0);
+    got.insert(got.end(), buf, buf + n);
+  }
+  const auto r = w.get();
+  CHECK(r.error() == std::error_code{});
+  CHECK(r.bytes() == data.size());
+  CHECK(got == data);
+  ::sigaction(SIGUSR1, &old, nullptr);
 }
 
 // --- the wake-up fd ------------------------------------------------------------------------
