@@ -217,7 +217,9 @@ class lazy_wake {
 /// Blocks SIGPIPE for the calling thread while a write to a non-socket runs,
 /// and consumes the SIGPIPE that a write failing with EPIPE raised, unless
 /// one was already pending before (then it belongs to someone else). The
-/// scheme of libcurl's sigpipe.h and of "SIGPIPE 101" (Ed Schouten).
+/// scheme of libpq (pq_block_sigpipe / pq_reset_sigpipe), except that a
+/// caller who blocked SIGPIPE already keeps it entirely (nothing consumed),
+/// and the SIGPIPE is taken with a zero-timeout sigtimedwait, which cannot hang.
 class sigpipe_guard {
  public:
   sigpipe_guard() noexcept {
@@ -226,6 +228,7 @@ class sigpipe_guard {
     sigemptyset(&old_);
     if (pthread_sigmask(SIG_BLOCK, &block_, &old_) != 0) return;
     active_ = !sigismember(&old_, SIGPIPE);  // already blocked by the caller: leave it all alone
+    if (!active_) return;
     sigset_t pending;
     sigemptyset(&pending);
     pending_before_ = sigpending(&pending) != 0 || sigismember(&pending, SIGPIPE) == 1;
