@@ -23,7 +23,8 @@ int main() {
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t len = sizeof addr;
   auto* sa = reinterpret_cast<sockaddr*>(&addr);
-  if (::bind(listener, sa, len) != 0 || ::getsockname(listener, sa, &len) != 0 || ::listen(listener, 1) != 0) return 1;
+  if (::bind(listener, sa, len) != 0 || ::getsockname(listener, sa, &len) != 0 || ::listen(listener, 1) != 0)
+    return 1;
 
   // The request has 200 ms for everything: connect, accept and the read.
   auto [c, cancel] = ctx::with_timeout(ctx::background(), 200ms);
@@ -38,7 +39,8 @@ int main() {
   const auto start = std::chrono::steady_clock::now();
   std::byte buf[256];
   const ctx::io::result r = ctx::io::recv(c, sock, buf);
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
   std::printf("recv: %zu bytes, \"%s\" after %lld ms\n", r.bytes(), r.error().message().c_str(),
               static_cast<long long>(ms.count()));
 
@@ -46,7 +48,8 @@ int main() {
   const auto late = ctx::io::send(ctx::background(), server.fd(), std::as_bytes(std::span("late", 4)));
   auto [c2, cancel2] = ctx::with_timeout(ctx::background(), 5s);
   const ctx::io::result again = ctx::io::recv(c2, sock, buf);
-  std::printf("later: %zu of %zu bytes, \"%s\"\n", again.bytes(), late.bytes(), again.error().message().c_str());
+  std::printf("later: %zu of %zu bytes, \"%s\"\n", again.bytes(), late.bytes(),
+              again.error().message().c_str());
 
   ::close(server.fd());
   ::close(sock);

@@ -25,7 +25,8 @@ pid_t start(const char* path, const char* arg1, const char* arg2) {
 
 void report(const char* what, const ctx::process::result& r) {
   if (r.exited())
-    std::printf("%s: exited with %d (%s)\n", what, r.exit_code(), r.error() ? r.error().message().c_str() : "in time");
+    std::printf("%s: exited with %d (%s)\n", what, r.exit_code(),
+                r.error() ? r.error().message().c_str() : "in time");
   else if (r.signaled())
     std::printf("%s: ended by signal %d (%s)\n", what, r.signal(), r.error().message().c_str());
   else

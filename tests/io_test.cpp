@@ -11,15 +11,15 @@
 #include <sys/un.h>
 
 #include <atomic>
-#include <cstddef>
 #include <chrono>
 #include <csignal>
+#include <cstddef>
 #include <cstring>
 #include <latch>
 #include <memory>
 #include <optional>
-#include <string>
 #include <span>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -188,7 +188,8 @@ TEST_CASE("cancel while blocked in recv on a socket pair returns canceled", "[io
   CHECK(ctx::io::recv(ctx::background(), s.a.get(), buf).bytes() == 1);
 }
 
-TEST_CASE("a manual-clock deadline wakes a blocked read exactly when the clock is advanced", "[io][deadline]") {
+TEST_CASE("a manual-clock deadline wakes a blocked read exactly when the clock is advanced",
+          "[io][deadline]") {
   auto [c, cancel] = ctx::with_timeout(ctx::background<manual>(), 10s);
   auto p = test::make_pipe();
   std::atomic<bool> returned{false};
@@ -469,7 +470,8 @@ TEST_CASE("cancel while blocked in connect aborts it and leaves the socket reusa
   CHECK(ctx::io::connect(c2, second.get(), l.sa(), sizeof l.addr) == std::error_code{});
 }
 
-TEST_CASE("cancel while blocked in accept returns canceled and leaves the listener usable", "[io][tcp][cancel]") {
+TEST_CASE("cancel while blocked in accept returns canceled and leaves the listener usable",
+          "[io][tcp][cancel]") {
   test::tcp_listener l;
   auto [c, cancel] = ctx::with_cancel(ctx::background());
   worker<ctx::io::accept_result> w([&, c = c] { return ctx::io::accept(c, l.sock.get()); });

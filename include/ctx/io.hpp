@@ -141,7 +141,8 @@ template <class Clock>
 /// exactly how much it sent. Like write() on a socket (MSG_DONTWAIT |
 /// MSG_NOSIGNAL are added); ENOTSOCK for a non-socket.
 template <class Clock>
-[[nodiscard]] result send(const basic_context<Clock>& c, int fd, std::span<const std::byte> buf, int flags = 0);
+[[nodiscard]] result send(const basic_context<Clock>& c, int fd, std::span<const std::byte> buf,
+                          int flags = 0);
 
 /// Connects socket `fd` to `addr`, waiting for the handshake until it
 /// completes or `c` is done.
@@ -197,10 +198,14 @@ class lazy_wake {
   [[nodiscard]] std::error_code wait(const basic_context<Clock>& c, int fd, short events) {
     if (const std::error_code e = arm(c)) return e;
     std::error_code ec;
-    switch (ctx::detail::poll_fd(fd, events, g_->fd(), [&c]() noexcept { return c.done(); }, ec)) {
-      case poll_outcome::ready: return {};
-      case poll_outcome::stopped: return c.err();
-      case poll_outcome::failed: break;
+    switch (ctx::detail::poll_fd(
+        fd, events, g_->fd(), [&c]() noexcept { return c.done(); }, ec)) {
+      case poll_outcome::ready:
+        return {};
+      case poll_outcome::stopped:
+        return c.err();
+      case poll_outcome::failed:
+        break;
     }
     return ec;
   }
@@ -424,7 +429,8 @@ accept_result accept(const basic_context<Clock>& c, int fd, sockaddr* addr, sock
     if (const std::error_code e = wake.wait(c, fd, POLLIN)) return {-1, e};
     const int s = ::accept4(fd, addr, addr_len, flags);
     if (s >= 0) return {s, {}};
-    if (errno != EINTR && errno != ECONNABORTED && !detail::would_block(errno)) return {-1, detail::last_error()};
+    if (errno != EINTR && errno != ECONNABORTED && !detail::would_block(errno))
+      return {-1, detail::last_error()};
   }
 }
 

@@ -58,7 +58,9 @@ class result {
   /// The child's exit status (0-255) if exited(), else -1.
   [[nodiscard]] constexpr int exit_code() const noexcept { return exited() ? status_ : -1; }
   /// True if a signal ended the child: signal() says which.
-  [[nodiscard]] constexpr bool signaled() const noexcept { return code_ == CLD_KILLED || code_ == CLD_DUMPED; }
+  [[nodiscard]] constexpr bool signaled() const noexcept {
+    return code_ == CLD_KILLED || code_ == CLD_DUMPED;
+  }
   /// The signal that ended the child if signaled(), else 0.
   [[nodiscard]] constexpr int signal() const noexcept { return signaled() ? status_ : 0; }
   /// `{}` when the child ended on its own; `c.err()` when the context was done
@@ -118,7 +120,9 @@ inline bool poll_in_for(int fd, std::chrono::steady_clock::duration timeout) noe
   const auto until = steady_clock::now() + timeout;
   for (;;) {
     const auto left = until - steady_clock::now();
-    const int ms = left <= left.zero() ? 0 : static_cast<int>(std::min<long long>(ceil<milliseconds>(left).count(), 1 << 30));
+    const int ms = left <= left.zero()
+                       ? 0
+                       : static_cast<int>(std::min<long long>(ceil<milliseconds>(left).count(), 1 << 30));
     pollfd p{fd, POLLIN, 0};
     const int r = ::poll(&p, 1, ms);
     if (r > 0) return true;
@@ -151,10 +155,15 @@ result wait(const basic_context<Clock>& c, pid_t pid, const kill_policy& policy)
       const ctx::detail::wake_guard wake(c.stop_token());
       if (wake.error()) return {0, 0, wake.error()};
       std::error_code ec;
-      switch (ctx::detail::poll_fd(pidfd.fd, POLLIN, wake.fd(), [&c]() noexcept { return c.done(); }, ec)) {
-        case ctx::detail::poll_outcome::ready: break;
-        case ctx::detail::poll_outcome::stopped: stop = true; break;
-        case ctx::detail::poll_outcome::failed: return {0, 0, ec};
+      switch (ctx::detail::poll_fd(
+          pidfd.fd, POLLIN, wake.fd(), [&c]() noexcept { return c.done(); }, ec)) {
+        case ctx::detail::poll_outcome::ready:
+          break;
+        case ctx::detail::poll_outcome::stopped:
+          stop = true;
+          break;
+        case ctx::detail::poll_outcome::failed:
+          return {0, 0, ec};
       }
     }
     if (stop) detail::terminate(pid, pidfd.fd, policy);
