@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -301,8 +302,8 @@ TEST_CASE("a bad fd is EBADF", "[io][errors]") {
 
 TEST_CASE("write writes everything to a pipe and a socket while a reader drains it", "[io]") {
   const auto data = test::pattern(1 << 20);
-  for (bool socket : {false, true}) {
-    auto p = socket ? test::make_socketpair() : test::make_pipe();
+  for (bool on_socket : {false, true}) {
+    auto p = on_socket ? test::make_socketpair() : test::make_pipe();
     auto [c, cancel] = ctx::with_cancel(ctx::background());
     std::vector<std::byte> got;
     std::thread reader([&] {
@@ -318,7 +319,7 @@ TEST_CASE("write writes everything to a pipe and a socket while a reader drains 
     reader.join();
     CHECK(r.error() == std::error_code{});
     CHECK(r.bytes() == data.size());
-    CHECK(got == data);
+    CHECK(std::ranges::equal(got, data));
   }
 }
 
@@ -327,10 +328,10 @@ TEST_CASE("a cancelled write reports exactly how much it wrote", "[io][cancel]")
   // bytes, the writer blocks on the full buffer, the cancel ends it, and what
   // arrived is exactly the first bytes() bytes of the data.
   const auto data = test::pattern(1 << 20);
-  enum kind { blocking_pipe, nonblocking_pipe, socket };
-  for (kind k : {blocking_pipe, nonblocking_pipe, socket}) {
+  enum kind { blocking_pipe, nonblocking_pipe, socket_pair };
+  for (kind k : {blocking_pipe, nonblocking_pipe, socket_pair}) {
     INFO("kind " << k);
-    auto p = k == socket ? test::make_socketpair() : test::make_pipe(O_CLOEXEC, 4096);
+    auto p = k == socket_pair ? test::make_socketpair() : test::make_pipe(O_CLOEXEC, 4096);
     if (k == nonblocking_pipe) ::fcntl(p.b.get(), F_SETFL, O_NONBLOCK);  // the write end only
     auto [c, cancel] = ctx::with_cancel(ctx::background());
     worker<ctx::io::result> w([&, c = c] { return ctx::io::write(c, p.b.get(), data); });
@@ -362,14 +363,14 @@ TEST_CASE("a cancelled write reports exactly how much it wrote", "[io][cancel]")
 
 TEST_CASE("a closed reader is EPIPE, never a SIGPIPE", "[io][errors]") {
   auto old = std::signal(SIGPIPE, SIG_DFL);  // a SIGPIPE would kill the test
-  for (bool socket : {false, true}) {
-    auto p = socket ? test::make_socketpair() : test::make_pipe();
+  for (bool on_socket : {false, true}) {
+    auto p = on_socket ? test::make_socketpair() : test::make_pipe();
     p.a.reset();
     auto [c, cancel] = ctx::with_cancel(ctx::background());
     const auto r = ctx::io::write(c, p.b.get(), test::pattern(100));
     CHECK(r.error() == sys(EPIPE));
     CHECK(r.bytes() == 0);
-    if (socket) CHECK(ctx::io::send(c, p.b.get(), test::pattern(1)).error() == sys(EPIPE));
+    if (on_socket) CHECK(ctx::io::send(c, p.b.get(), test::pattern(1)).error() == sys(EPIPE));
     sigset_t pending, mask;
     sigemptyset(&pending);
     ::sigpending(&pending);
@@ -538,7 +539,7 @@ TEST_CASE("a signal interrupting a blocked write (EINTR) loses and repeats nothi
   const auto r = w.get();
   CHECK(r.error() == std::error_code{});
   CHECK(r.bytes() == data.size());
-  CHECK(got == data);
+  CHECK(std::ranges::equal(got, data));
   ::sigaction(SIGUSR1, &old, nullptr);
 }
 
@@ -551,7 +552,9 @@ TEST_CASE("a stale wake-up does not cancel the next operation on the thread", "[
   std::atomic<int> stale{0}, failed{0};
   std::thread t([&] {
     for (int i = 0; i < 500; ++i) {
-      auto [c, cancel] = ctx::with_cancel(ctx::background());
+      auto [c, cancel_c] = ctx::with_cancel(ctx::background());
+      const ctx::cancel_handle& cancel =
+          cancel_c;  // a lambda cannot capture a structured binding in clang < 16
       if (::write(p.b.get(), "x", 1) != 1) ++failed;
       std::thread canceller([&cancel] { cancel(); });
       std::byte buf[1];
