@@ -43,11 +43,11 @@ template <class R>
 struct worker {
   std::atomic<int> tid{0};
   std::optional<R> out;
+  std::latch started{1};  // a member: it outlives the thread's count_down()
   std::thread t;
   template <class F>
   explicit worker(F f) {
-    std::latch started(1);
-    t = std::thread([this, f, &started] {
+    t = std::thread([this, f] {
       tid = test::this_tid();
       started.count_down();
       out = f();
