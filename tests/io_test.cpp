@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <atomic>
@@ -612,6 +613,35 @@ TEST_CASE("the wake-up eventfd is made once per thread and reused", "[io][wake]"
   CHECK(first >= 0);
   CHECK(after == before);
   CHECK(last == first);
+}
+
+TEST_CASE("a forked child does not share the thread's wake-up eventfd", "[io][wake]") {
+  auto p = test::make_pipe();
+  {
+    auto [c, cancel] = ctx::with_cancel(ctx::background());
+    REQUIRE(::write(p.b.get(), "x", 1) == 1);
+    std::byte buf[1];
+    REQUIRE(ctx::io::read(c, p.a.get(), buf).bytes() == 1);  // this thread has its eventfd now
+  }
+  const int parent_fd = ctx::detail::thread_wake_fd();
+  REQUIRE(parent_fd >= 0);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // Signal the child's own eventfd, then check that the parent's copy, if
+    // the fd number is still open here at all, is not the same eventfd.
+    const std::uint64_t one = 1;
+    const int mine = ctx::detail::thread_wake_fd();
+    const bool ok = mine >= 0 && ::write(mine, &one, sizeof one) == sizeof one;
+    ::_exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  std::uint64_t v;
+  CHECK(::read(parent_fd, &v, sizeof v) == -1);  // the child's wake-up did not reach the parent
+  CHECK(errno == EAGAIN);
 }
 
 TEST_CASE("a thousand threads blocked on one context all wake on one cancel", "[io][cancel][stress]") {

@@ -3,8 +3,8 @@
 // per-thread eventfd that a std::stop_callback signals (Linux).
 //
 // Thread safety: each thread owns one eventfd (thread_local, created on first
-// use, closed when the thread exits), so at most one operation at a time arms
-// it. The stop callback may run on any thread (the canceller, the timer
+// use, closed when the thread exits; a fork()ed child makes its own), so at
+// most one operation at a time arms it. The stop callback may run on any thread (the canceller, the timer
 // thread); it only writes to the eventfd and then sets `fired_` (release).
 // The arming thread destroys the callback first (which waits for a running
 // callback, and after which none can start), then reads `fired_` (acquire)
@@ -13,6 +13,7 @@
 #pragma once
 
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -25,22 +26,44 @@
 
 namespace ctx::detail {
 
+/// Owns one thread's wake-up eventfd.
+struct wake_fd_holder {
+  int fd = -1;
+  wake_fd_holder() = default;
+  wake_fd_holder(const wake_fd_holder&) = delete;
+  wake_fd_holder& operator=(const wake_fd_holder&) = delete;
+  ~wake_fd_holder() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+[[nodiscard]] inline wake_fd_holder& this_thread_wake_fd_holder() noexcept {
+  thread_local wake_fd_holder h;
+  return h;
+}
+
+/// pthread_atfork child handler: a forked child must not share its parent's
+/// eventfd (a wake-up in one process would be seen, and drained, by the
+/// other). The child has only the thread that called fork(), whose holder
+/// this is; it makes a fresh eventfd on first use.
+inline void forget_wake_fd_after_fork() noexcept {
+  wake_fd_holder& h = this_thread_wake_fd_holder();
+  if (h.fd >= 0) ::close(h.fd);
+  h.fd = -1;
+}
+
 /// The calling thread's wake-up eventfd, or -1 (errno set) if it could not be made.
 ///
-/// Created once per thread, non-blocking and close-on-exec; later calls cost
-/// nothing. A failed creation is retried by the next call.
+/// Created once per thread, non-blocking and close-on-exec, and closed when
+/// the thread exits; later calls cost no system call. A failed creation is
+/// retried by the next call. A child made by fork() gets its own eventfd.
 [[nodiscard]] inline int thread_wake_fd() noexcept {
-  struct holder {
-    int fd = -1;
-    holder() = default;
-    holder(const holder&) = delete;
-    holder& operator=(const holder&) = delete;
-    ~holder() {
-      if (fd >= 0) ::close(fd);
-    }
-  };
-  thread_local holder h;
-  if (h.fd < 0) h.fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  wake_fd_holder& h = this_thread_wake_fd_holder();
+  if (h.fd < 0) [[unlikely]] {
+    static const bool at_fork = ::pthread_atfork(nullptr, nullptr, &forget_wake_fd_after_fork) == 0;
+    (void)at_fork;
+    h.fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  }
   return h.fd;
 }
 
