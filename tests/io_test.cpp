@@ -615,6 +615,24 @@ TEST_CASE("the wake-up eventfd is made once per thread and reused", "[io][wake]"
   CHECK(last == first);
 }
 
+TEST_CASE("a stray wake-up on the eventfd is drained, not spun on", "[io][wake]") {
+  // White-box: a wake-up without a stop request (which ctx never leaves
+  // behind) must not make the call return, nor spin: it waits in poll() again.
+  auto p = test::make_pipe();
+  auto [c, cancel] = ctx::with_cancel(ctx::background());
+  worker<ctx::io::result> w([&, c = c] {
+    const std::uint64_t one = 1;
+    if (::write(ctx::detail::thread_wake_fd(), &one, sizeof one) != sizeof one) return ctx::io::result{};
+    std::byte buf[4];
+    return ctx::io::read(c, p.a.get(), buf);
+  });
+  REQUIRE(w.blocked());
+  REQUIRE(::write(p.b.get(), "ok", 2) == 2);
+  const auto r = w.get();
+  CHECK(r.error() == std::error_code{});
+  CHECK(r.bytes() == 2);
+}
+
 TEST_CASE("a forked child does not share the thread's wake-up eventfd", "[io][wake]") {
   auto p = test::make_pipe();
   {

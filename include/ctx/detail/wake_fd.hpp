@@ -152,8 +152,15 @@ template <class Stopped>
       if (revents) *revents = p[0].revents;
       return poll_outcome::ready;
     }
-    // Only the wake fd without a stop: impossible (it is drained between
-    // operations); poll again rather than report a cancellation that did not happen.
+    // The wake fd without a stop: a stale wake-up, which cannot happen (the
+    // eventfd is drained after every operation whose callback fired). Should
+    // one appear anyway, drain it rather than spin, and look at the context
+    // again: a real stop request writes only after the context is done, so a
+    // wake-up drained here is never lost.
+    std::uint64_t stale;
+    while (::read(wake, &stale, sizeof stale) < 0 && errno == EINTR) {
+    }
+    if (stopped()) return poll_outcome::stopped;
   }
 }
 
