@@ -1,0 +1,170 @@
+// SPDX-License-Identifier: MIT
+// The one waiting mechanism of the fd adapters: poll() on an fd plus a
+// per-thread eventfd that a std::stop_callback signals (Linux).
+//
+// Thread safety: each thread owns one eventfd (thread_local, created on first
+// use, closed when the thread exits; a fork()ed child makes its own), so at
+// most one operation at a time arms it. The stop callback may run on any thread (the canceller, the timer
+// thread); it only writes to the eventfd and then sets `fired_` (release).
+// The arming thread destroys the callback first (which waits for a running
+// callback, and after which none can start), then reads `fired_` (acquire)
+// and, if set, drains the eventfd, so the next operation starts with a
+// counter of zero: a stale wake-up cannot cancel it.
+#pragma once
+
+#include <poll.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <optional>
+#include <stop_token>
+#include <system_error>
+
+namespace ctx::detail {
+
+/// Owns one thread's wake-up eventfd.
+struct wake_fd_holder {
+  int fd = -1;
+  wake_fd_holder() = default;
+  wake_fd_holder(const wake_fd_holder&) = delete;
+  wake_fd_holder& operator=(const wake_fd_holder&) = delete;
+  ~wake_fd_holder() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+[[nodiscard]] inline wake_fd_holder& this_thread_wake_fd_holder() noexcept {
+  thread_local wake_fd_holder h;
+  return h;
+}
+
+/// pthread_atfork child handler: a forked child must not share its parent's
+/// eventfd (a wake-up in one process would be seen, and drained, by the
+/// other). The child has only the thread that called fork(), whose holder
+/// this is; it makes a fresh eventfd on first use.
+inline void forget_wake_fd_after_fork() noexcept {
+  wake_fd_holder& h = this_thread_wake_fd_holder();
+  if (h.fd >= 0) ::close(h.fd);
+  h.fd = -1;
+}
+
+/// The calling thread's wake-up eventfd, or -1 (errno set) if it could not be made.
+///
+/// Created once per thread, non-blocking and close-on-exec, and closed when
+/// the thread exits; later calls cost no system call. A failed creation is
+/// retried by the next call. A child made by fork() gets its own eventfd.
+[[nodiscard]] inline int thread_wake_fd() noexcept {
+  wake_fd_holder& h = this_thread_wake_fd_holder();
+  if (h.fd < 0) [[unlikely]] {
+    static const bool at_fork = ::pthread_atfork(nullptr, nullptr, &forget_wake_fd_after_fork) == 0;
+    (void)at_fork;
+    h.fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  }
+  return h.fd;
+}
+
+/// Arms the calling thread's wake fd on a stop token for one operation.
+///
+/// While a wake_guard lives, a stop request on the token makes fd() readable.
+/// When the token can never be stopped, no eventfd is used and fd() is -1.
+/// Not copyable or movable; at most one per thread at a time.
+class wake_guard {
+ public:
+  explicit wake_guard(const std::stop_token& token) noexcept {
+    if (!token.stop_possible()) return;
+    fd_ = thread_wake_fd();
+    if (fd_ < 0) {
+      error_ = std::error_code(errno, std::system_category());
+      return;
+    }
+    // Runs inline here when stop was already requested.
+    cb_.emplace(token, on_stop{fd_, &fired_});
+  }
+  wake_guard(const wake_guard&) = delete;
+  wake_guard& operator=(const wake_guard&) = delete;
+
+  ~wake_guard() {
+    cb_.reset();  // waits for a callback running on another thread; none starts afterwards
+    if (fired_.load(std::memory_order_acquire)) {
+      std::uint64_t value;
+      while (::read(fd_, &value, sizeof value) < 0 && errno == EINTR) {
+      }
+    }
+  }
+
+  /// The eventfd to poll for POLLIN, or -1 when the token can never be stopped.
+  [[nodiscard]] int fd() const noexcept { return fd_; }
+
+  /// Why the eventfd could not be made (EMFILE, ...); `{}` normally.
+  [[nodiscard]] std::error_code error() const noexcept { return error_; }
+
+ private:
+  struct on_stop {
+    int fd;
+    std::atomic<bool>* fired;
+    void operator()() const noexcept {
+      const std::uint64_t one = 1;
+      while (::write(fd, &one, sizeof one) < 0 && errno == EINTR) {
+      }
+      fired->store(true, std::memory_order_release);
+    }
+  };
+
+  int fd_ = -1;
+  std::error_code error_;
+  std::atomic<bool> fired_{false};
+  std::optional<std::stop_callback<on_stop>> cb_;
+};
+
+/// How a wait on an fd ended.
+enum class poll_outcome { ready, stopped, failed };
+
+/// Blocks in poll() until `fd` has one of `events` (or POLLERR/POLLHUP), or
+/// the wake fd `wake` (-1: none) is readable. EINTR is retried. No timeout.
+/// `stopped()` is asked after every wake-up and wins over readiness, so a
+/// done context never transfers data. On `failed`, `ec` holds the error
+/// (EBADF for a closed fd, POLLNVAL); on `ready`, `revents` the fd's events.
+template <class Stopped>
+[[nodiscard]] poll_outcome poll_fd(int fd, short events, int wake, Stopped&& stopped, std::error_code& ec,
+                                   short* revents = nullptr) noexcept {
+  if (fd < 0) {  // poll() ignores negative fds: it would wait for the wake fd alone
+    ec = std::error_code(EBADF, std::system_category());
+    return poll_outcome::failed;
+  }
+  for (;;) {
+    pollfd p[2] = {{fd, events, 0}, {wake, POLLIN, 0}};
+    const int r = ::poll(p, wake >= 0 ? 2 : 1, -1);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      ec = std::error_code(errno, std::system_category());
+      return poll_outcome::failed;
+    }
+    if (stopped()) return poll_outcome::stopped;
+    if (p[0].revents & POLLNVAL) {
+      ec = std::error_code(EBADF, std::system_category());
+      return poll_outcome::failed;
+    }
+    if (p[0].revents) {
+      if (revents) *revents = p[0].revents;
+      return poll_outcome::ready;
+    }
+    // The wake fd without a stop: a stale wake-up, which cannot happen (the
+    // eventfd is drained after every operation whose callback fired). Should
+    // one appear anyway, drain it rather than spin, and look at the context
+    // again: a real stop request writes only after the context is done, so a
+    // wake-up drained here is never lost.
+    std::uint64_t stale;
+    while (::read(wake, &stale, sizeof stale) < 0 && errno == EINTR) {
+    }
+    if (stopped()) return poll_outcome::stopped;
+  }
+}
+
+/// The error of the calling thread's last failed system call.
+[[nodiscard]] inline std::error_code last_error() noexcept { return {errno, std::system_category()}; }
+
+}  // namespace ctx::detail
