@@ -124,6 +124,15 @@ void BM_done_live(benchmark::State& state) {
 }
 BENCHMARK(BM_done_live);
 
+/// The floor for done(): one acquire load of a flag reached through a pointer.
+void BM_floor_atomic_load(benchmark::State& state) {
+  auto* flag = new std::atomic<std::uint32_t>{0};
+  benchmark::DoNotOptimize(flag);
+  for (auto _ : state) benchmark::DoNotOptimize(flag->load(std::memory_order_acquire) & 1);
+  delete flag;
+}
+BENCHMARK(BM_floor_atomic_load);
+
 void BM_err_live(benchmark::State& state) {
   auto [c, cancel] = ctx::with_cancel(ctx::background());
   for (auto _ : state) benchmark::DoNotOptimize(c.err());
