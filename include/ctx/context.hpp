@@ -88,7 +88,7 @@ class basic_context {
   /// `{}` while live; then `errc::canceled` or `errc::deadline_exceeded`, forever.
   [[nodiscard]] std::error_code err() const noexcept {
     const detail::cancel_node* c = n_->canc;
-    if (!c) return {};
+    if (!c) return detail::no_error();
     return detail::err_of_state(c->state.load(std::memory_order_acquire));
   }
 
@@ -97,9 +97,9 @@ class basic_context {
   /// was given. Stable once done.
   [[nodiscard]] std::error_code cause() const noexcept {
     const detail::cancel_node* c = n_->canc;
-    if (!c) return {};
+    if (!c) return detail::no_error();
     const std::uint32_t s = c->state.load(std::memory_order_acquire);
-    if (!(s & detail::st_done)) return {};
+    if (!(s & detail::st_done)) return detail::no_error();
     return c->cause_ ? c->cause_ : detail::err_of_state(s);
   }
 
