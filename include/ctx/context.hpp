@@ -336,9 +336,11 @@ template <class TimePoint, class Clock, class D2>
     return std::chrono::ceil<D>(d);
 }
 
+/// `now`, when given, is a clock reading taken just before `when` was
+/// computed (with_timeout's), so the born-done check needs no second read.
 template <class Clock>
 derived<Clock> derive_deadline(const basic_context<Clock>& parent, typename Clock::time_point when,
-                               const std::error_code& cause) {
+                               const std::error_code& cause, const typename Clock::time_point* now = nullptr) {
   node* p = access::of(parent);
   if (p->dl && static_cast<const deadline_node<Clock>*>(p->dl)->when <= when) {
     auto* n = new plain_cancel_node(node_kind::inherited_deadline, p, p->dl);
@@ -352,7 +354,7 @@ derived<Clock> derive_deadline(const basic_context<Clock>& parent, typename Cloc
   n->cause_ = cause;  // recorded as the cause only if the deadline fires
   auto result = access::make_derived<Clock>(n);
   if (!link_to_parent(n)) return result;  // born done: the parent's err and cause
-  if (when <= Clock::now()) {
+  if (when <= (now ? *now : Clock::now())) {
     cancel(n, errc::deadline_exceeded, nullptr);
   } else if (when != Clock::time_point::max()) {
     tiny_lock lock(n->mtx);
@@ -413,7 +415,8 @@ template <class Clock, class Duration>
 template <class Clock, class Rep, class Period>
 [[nodiscard]] derived<Clock> with_timeout(const basic_context<Clock>& parent, std::chrono::duration<Rep, Period> t,
                                           std::error_code cause = {}) {
-  return detail::derive_deadline(parent, detail::saturating_add(Clock::now(), t), cause);
+  const typename Clock::time_point now = Clock::now();
+  return detail::derive_deadline(parent, detail::saturating_add(now, t), cause, &now);
 }
 
 /// A child that is also done (with `errc::canceled`) when stop is requested
