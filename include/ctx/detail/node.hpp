@@ -91,6 +91,7 @@ struct cancel_node : node {
   std::atomic<std::uint32_t> state{0};
   tiny_mutex mtx;
   bool linked = false;                  // in up()'s child list; guarded by up()->mtx
+  bool has_hooks = false;               // a stop source or callbacks when marked; owned by the marking cancel
   cancel_node* first_child = nullptr;   // guarded by mtx
   cancel_node* prev_sib = nullptr;      // guarded by up()->mtx
   cancel_node* next_sib = nullptr;      // guarded by up()->mtx
@@ -182,7 +183,13 @@ inline void make_born_done(cancel_node* c, errc e, const std::error_code& cause)
 }
 
 /// Destroys what a cancel node owns besides its memory; used by every destroy().
-inline void retire(cancel_node* c) noexcept { unlink_from_parent(c); }
+/// A done node is no longer in its parent's list: the cancel that marked it
+/// either was the parent's (which emptied the list) or its own (which unlinked
+/// it before returning, holding a reference), so only a live node takes the
+/// parent's lock.
+inline void retire(cancel_node* c) noexcept {
+  if (!(c->state.load(std::memory_order_acquire) & st_done)) unlink_from_parent(c);
+}
 
 inline void wait_settled(cancel_node* c) noexcept {
   std::uint32_t s;
@@ -194,6 +201,10 @@ inline void wait_settled(cancel_node* c) noexcept {
 /// Precondition: n->mtx held and n not done.
 inline void mark_locked(cancel_node* n, std::uint32_t done_bits, const std::error_code& cause,
                         cancel_node*& work) noexcept {
+  // Hooks added after this point see st_done and run themselves (stop_token()
+  // makes a stopped source, after_func runs f at once): fire() need only look
+  // at a node that had some now.
+  n->has_hooks = n->src_.stop_possible() || n->first_cb != nullptr;
   n->cause_ = cause;
   n->state.store(done_bits, std::memory_order_release);
   for (cancel_node* c = n->first_child; c;) {
@@ -217,6 +228,10 @@ inline void settle(cancel_node* n) noexcept {
 /// Runs what a node triggers once done: its stop source, its timer's removal,
 /// its after_func callbacks. Called outside all locks; may run user code.
 inline void fire(cancel_node* n) noexcept {
+  if (!n->has_hooks) {
+    if (n->ops->on_cancel) n->ops->on_cancel(n);
+    return;
+  }
   std::stop_source src{std::nostopstate};
   {
     tiny_lock lock(n->mtx);
@@ -259,6 +274,9 @@ inline void fire(cancel_node* n) noexcept {
 /// deadlock on callbacks). Stop requests and callbacks of the nodes this call
 /// marked run on this thread before it returns.
 inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noexcept {
+  // Settled: done with every descendant, so there is nothing to do or wait
+  // for (the common `cancel(); ~handle` pair pays one load for the second).
+  if (root->state.load(std::memory_order_acquire) & st_settled) return;
   cancel_node* work = nullptr;
   root->mtx.lock();
   if (root->state.load(std::memory_order_relaxed) & st_done) {
