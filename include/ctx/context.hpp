@@ -206,7 +206,9 @@ class cancel_handle {
   ~cancel_handle() { reset(); }
 
   /// Cancels with `errc::canceled`; cause() reports `errc::canceled` too.
-  void operator()() const noexcept { (*this)(std::error_code{}); }
+  void operator()() const noexcept {
+    if (n_) detail::cancel(n_, errc::canceled, &detail::no_error());
+  }
 
   /// Cancels with `errc::canceled` and records `cause` (an empty cause means canceled).
   void operator()(std::error_code cause) const noexcept {
@@ -221,8 +223,7 @@ class cancel_handle {
   explicit cancel_handle(detail::cancel_node* adopted) noexcept : n_(adopted) {}
   void reset() noexcept {
     if (detail::cancel_node* n = std::exchange(n_, nullptr)) {
-      const std::error_code none;
-      detail::cancel(n, errc::canceled, &none);
+      detail::cancel(n, errc::canceled, &detail::no_error());
       detail::release(n);
     }
   }

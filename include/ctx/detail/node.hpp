@@ -206,7 +206,10 @@ inline void mark_locked(cancel_node* n, std::uint32_t done_bits, const std::erro
   // at a node that had some now.
   n->has_hooks = n->src_.stop_possible() || n->first_cb != nullptr;
   n->cause_ = cause;
-  n->state.store(done_bits, std::memory_order_release);
+  // A leaf is settled as soon as it is done: no child can be linked to a done
+  // node (link_to_parent makes it born done), so settle() skips its RMW.
+  const std::uint32_t leaf = n->first_child ? 0 : st_settled;
+  n->state.store(done_bits | leaf, std::memory_order_release);
   for (cancel_node* c = n->first_child; c;) {
     cancel_node* next = c->next_sib;
     c->linked = false;
@@ -220,8 +223,10 @@ inline void mark_locked(cancel_node* n, std::uint32_t done_bits, const std::erro
   n->first_child = nullptr;
 }
 
+/// Called by the cancel that marked `n`, the only writer of a done node's state.
 inline void settle(cancel_node* n) noexcept {
-  n->state.fetch_or(st_settled, std::memory_order_release);
+  if (!(n->state.load(std::memory_order_relaxed) & st_settled))
+    n->state.fetch_or(st_settled, std::memory_order_release);
   n->state.notify_all();
 }
 
