@@ -97,7 +97,7 @@ struct cancel_node : node {
   cancel_node* next_sib = nullptr;      // guarded by up()->mtx
   callback_rec* first_cb = nullptr;     // guarded by mtx
   cancel_node* work_next = nullptr;     // owned by the one cancel operation that marks it
-  std::error_code cause_;               // written under mtx before st_done
+  std::error_code cause_ = no_error();  // written under mtx before st_done
   std::stop_source src_{std::nostopstate};  // created lazily; guarded by mtx
 };
 
