@@ -90,7 +90,7 @@ class basic_context {
   /// `{}` while live; then `errc::canceled` or `errc::deadline_exceeded`, forever.
   [[nodiscard]] std::error_code err() const noexcept {
     const detail::cancel_node* c = n_->canc;
-    if (!c) return {};
+    if (!c) return detail::no_error();
     return detail::err_of_state(c->state.load(std::memory_order_acquire));
   }
 
@@ -99,9 +99,9 @@ class basic_context {
   /// was given. Stable once done.
   [[nodiscard]] std::error_code cause() const noexcept {
     const detail::cancel_node* c = n_->canc;
-    if (!c) return {};
+    if (!c) return detail::no_error();
     const std::uint32_t s = c->state.load(std::memory_order_acquire);
-    if (!(s & detail::st_done)) return {};
+    if (!(s & detail::st_done)) return detail::no_error();
     return c->cause_ ? c->cause_ : detail::err_of_state(s);
   }
 
@@ -208,7 +208,9 @@ class cancel_handle {
   ~cancel_handle() { reset(); }
 
   /// Cancels with `errc::canceled`; cause() reports `errc::canceled` too.
-  void operator()() const noexcept { (*this)(std::error_code{}); }
+  void operator()() const noexcept {
+    if (n_) detail::cancel(n_, errc::canceled, &detail::no_error());
+  }
 
   /// Cancels with `errc::canceled` and records `cause` (an empty cause means canceled).
   void operator()(std::error_code cause) const noexcept {
@@ -223,8 +225,7 @@ class cancel_handle {
   explicit cancel_handle(detail::cancel_node* adopted) noexcept : n_(adopted) {}
   void reset() noexcept {
     if (detail::cancel_node* n = std::exchange(n_, nullptr)) {
-      const std::error_code none;
-      detail::cancel(n, errc::canceled, &none);
+      detail::cancel(n, errc::canceled, &detail::no_error());
       detail::release(n);
     }
   }
@@ -338,9 +339,11 @@ template <class TimePoint, class Clock, class D2>
     return std::chrono::ceil<D>(d);
 }
 
+/// `now`, when given, is a clock reading taken just before `when` was
+/// computed (with_timeout's), so the born-done check needs no second read.
 template <class Clock>
 derived<Clock> derive_deadline(const basic_context<Clock>& parent, typename Clock::time_point when,
-                               const std::error_code& cause) {
+                               const std::error_code& cause, const typename Clock::time_point* now = nullptr) {
   node* p = access::of(parent);
   if (p->dl && static_cast<const deadline_node<Clock>*>(p->dl)->when <= when) {
     auto* n = new plain_cancel_node(node_kind::inherited_deadline, p, p->dl);
@@ -354,7 +357,7 @@ derived<Clock> derive_deadline(const basic_context<Clock>& parent, typename Cloc
   n->cause_ = cause;  // recorded as the cause only if the deadline fires
   auto result = access::make_derived<Clock>(n);
   if (!link_to_parent(n)) return result;  // born done: the parent's err and cause
-  if (when <= Clock::now()) {
+  if (when <= (now ? *now : Clock::now())) {
     cancel(n, errc::deadline_exceeded, nullptr);
   } else if (when != Clock::time_point::max()) {
     tiny_lock lock(n->mtx);
@@ -415,7 +418,8 @@ template <class Clock, class Duration>
 template <class Clock, class Rep, class Period>
 [[nodiscard]] derived<Clock> with_timeout(const basic_context<Clock>& parent, std::chrono::duration<Rep, Period> t,
                                           std::error_code cause = {}) {
-  return detail::derive_deadline(parent, detail::saturating_add(Clock::now(), t), cause);
+  const typename Clock::time_point now = Clock::now();
+  return detail::derive_deadline(parent, detail::saturating_add(now, t), cause, &now);
 }
 
 /// A child that is also done (with `errc::canceled`) when stop is requested

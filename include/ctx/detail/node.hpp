@@ -69,8 +69,15 @@ inline constexpr std::uint32_t st_err_shift = 2;
 [[nodiscard]] constexpr std::uint32_t done_state(errc e) noexcept {
   return st_done | (static_cast<std::uint32_t>(e) << st_err_shift);
 }
+/// An empty error_code. `std::error_code{}` calls std::system_category(), an
+/// out-of-line library function, on every construction: err() on a live
+/// context would pay a call each time. A copy of this one is two moves.
+[[nodiscard]] inline const std::error_code& no_error() noexcept {
+  static const std::error_code none;
+  return none;
+}
 [[nodiscard]] inline std::error_code err_of_state(std::uint32_t s) noexcept {
-  if (!(s & st_done)) return {};
+  if (!(s & st_done)) return no_error();
   return make_error_code(static_cast<errc>(s >> st_err_shift));
 }
 
@@ -84,12 +91,13 @@ struct cancel_node : node {
   std::atomic<std::uint32_t> state{0};
   tiny_mutex mtx;
   bool linked = false;                  // in up()'s child list; guarded by up()->mtx
+  bool has_hooks = false;               // a stop source or callbacks when marked; owned by the marking cancel
   cancel_node* first_child = nullptr;   // guarded by mtx
   cancel_node* prev_sib = nullptr;      // guarded by up()->mtx
   cancel_node* next_sib = nullptr;      // guarded by up()->mtx
   callback_rec* first_cb = nullptr;     // guarded by mtx
   cancel_node* work_next = nullptr;     // owned by the one cancel operation that marks it
-  std::error_code cause_;               // written under mtx before st_done
+  std::error_code cause_ = no_error();  // written under mtx before st_done
   std::stop_source src_{std::nostopstate};  // created lazily; guarded by mtx
 };
 
@@ -175,7 +183,13 @@ inline void make_born_done(cancel_node* c, errc e, const std::error_code& cause)
 }
 
 /// Destroys what a cancel node owns besides its memory; used by every destroy().
-inline void retire(cancel_node* c) noexcept { unlink_from_parent(c); }
+/// A done node is no longer in its parent's list: the cancel that marked it
+/// either was the parent's (which emptied the list) or its own (which unlinked
+/// it before returning, holding a reference), so only a live node takes the
+/// parent's lock.
+inline void retire(cancel_node* c) noexcept {
+  if (!(c->state.load(std::memory_order_acquire) & st_done)) unlink_from_parent(c);
+}
 
 inline void wait_settled(cancel_node* c) noexcept {
   std::uint32_t s;
@@ -187,8 +201,15 @@ inline void wait_settled(cancel_node* c) noexcept {
 /// Precondition: n->mtx held and n not done.
 inline void mark_locked(cancel_node* n, std::uint32_t done_bits, const std::error_code& cause,
                         cancel_node*& work) noexcept {
+  // Hooks added after this point see st_done and run themselves (stop_token()
+  // makes a stopped source, after_func runs f at once): fire() need only look
+  // at a node that had some now.
+  n->has_hooks = n->src_.stop_possible() || n->first_cb != nullptr;
   n->cause_ = cause;
-  n->state.store(done_bits, std::memory_order_release);
+  // A leaf is settled as soon as it is done: no child can be linked to a done
+  // node (link_to_parent makes it born done), so settle() skips its RMW.
+  const std::uint32_t leaf = n->first_child ? 0 : st_settled;
+  n->state.store(done_bits | leaf, std::memory_order_release);
   for (cancel_node* c = n->first_child; c;) {
     cancel_node* next = c->next_sib;
     c->linked = false;
@@ -202,14 +223,20 @@ inline void mark_locked(cancel_node* n, std::uint32_t done_bits, const std::erro
   n->first_child = nullptr;
 }
 
+/// Called by the cancel that marked `n`, the only writer of a done node's state.
 inline void settle(cancel_node* n) noexcept {
-  n->state.fetch_or(st_settled, std::memory_order_release);
+  if (!(n->state.load(std::memory_order_relaxed) & st_settled))
+    n->state.fetch_or(st_settled, std::memory_order_release);
   n->state.notify_all();
 }
 
 /// Runs what a node triggers once done: its stop source, its timer's removal,
 /// its after_func callbacks. Called outside all locks; may run user code.
 inline void fire(cancel_node* n) noexcept {
+  if (!n->has_hooks) {
+    if (n->ops->on_cancel) n->ops->on_cancel(n);
+    return;
+  }
   std::stop_source src{std::nostopstate};
   {
     tiny_lock lock(n->mtx);
@@ -252,6 +279,9 @@ inline void fire(cancel_node* n) noexcept {
 /// deadlock on callbacks). Stop requests and callbacks of the nodes this call
 /// marked run on this thread before it returns.
 inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noexcept {
+  // Settled: done with every descendant, so there is nothing to do or wait
+  // for (the common `cancel(); ~handle` pair pays one load for the second).
+  if (root->state.load(std::memory_order_acquire) & st_settled) return;
   cancel_node* work = nullptr;
   root->mtx.lock();
   if (root->state.load(std::memory_order_relaxed) & st_done) {

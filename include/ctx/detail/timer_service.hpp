@@ -4,6 +4,9 @@
 // Thread safety: the heap and every node's heap index are guarded by the
 // service's mutex. The timer thread never holds that mutex while it cancels a
 // node, so cancellation (which removes timers) cannot deadlock with it.
+// schedule() wakes the thread only when the new deadline is earlier than the
+// one it sleeps until (wake_at_, guarded by the mutex); removing a timer never
+// wakes it, so it may wake for a removed timer and simply sleep again.
 // Nodes are scheduled while their own mutex is held (see schedule_deadline),
 // so a node is never scheduled after it was marked done; the cancel algorithm
 // removes the timer of every deadline node it marks (node_ops::on_cancel).
@@ -90,7 +93,13 @@ class timer_service {
     heap_.push_back({n->when, n});  // may throw std::bad_alloc; nothing changed then
     n->slot = static_cast<std::uint32_t>(heap_.size() - 1);
     sift_up(n->slot);
-    if (n->slot == 0 && !manual_timers<Clock>) cv_.notify_one();
+    // Wake the timer thread only if it would sleep past this deadline. A
+    // timeout that is cancelled before it fires, the common case, then costs
+    // no futex wake and no context switch; the thread recomputes wake_at_.
+    if (!manual_timers<Clock> && n->when < wake_at_) {
+      wake_at_ = n->when;
+      cv_.notify_one();
+    }
   }
 
   /// Removes n's timer if it is pending; frees its slot at once.
@@ -171,14 +180,17 @@ class timer_service {
     std::unique_lock lock(mu_);
     for (;;) {
       if (heap_.empty()) {
+        wake_at_ = time_point::max();
         cv_.wait(lock);
         continue;
       }
       const time_point next = heap_[0].when;
       if (Clock::now() < next) {
+        wake_at_ = next;
         cv_.wait_until(lock, next);
         continue;
       }
+      wake_at_ = time_point::min();  // awake: it looks at the heap again before sleeping
       dnode* n = heap_[0].n;
       pop_top();
       if (!try_acquire(n)) continue;
@@ -220,6 +232,9 @@ class timer_service {
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<entry> heap_;
+  // When the timer thread next looks at the heap on its own: the deadline it
+  // sleeps until, max() when it waits for work, min() while it is awake.
+  time_point wake_at_ = time_point::max();
   bool started_ = false;
 };
 
