@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "../error.hpp"
+#include "node_cache.hpp"
 #include "tiny_mutex.hpp"
 
 namespace ctx::detail {
@@ -94,9 +95,11 @@ struct cancel_node : node {
   bool has_hooks = false;               // a stop source or callbacks when marked; owned by the marking cancel
   cancel_node* first_child = nullptr;   // guarded by mtx
   cancel_node* prev_sib = nullptr;      // guarded by up()->mtx
-  cancel_node* next_sib = nullptr;      // guarded by up()->mtx
+  // While linked: the next sibling, guarded by up()->mtx. Once a cancel has
+  // taken the node out of its parent's list (mark_locked): that cancel's
+  // worklist link, owned by that one cancel (saves a pointer per node).
+  cancel_node* next_sib = nullptr;
   callback_rec* first_cb = nullptr;     // guarded by mtx
-  cancel_node* work_next = nullptr;     // owned by the one cancel operation that marks it
   std::error_code cause_ = no_error();  // written under mtx before st_done
   std::stop_source src_{std::nostopstate};  // created lazily; guarded by mtx
 };
@@ -215,7 +218,7 @@ inline void mark_locked(cancel_node* n, std::uint32_t done_bits, const std::erro
     c->linked = false;
     c->prev_sib = c->next_sib = nullptr;
     if (try_acquire(c)) {  // a child whose count is zero is being destroyed: nothing to cancel
-      c->work_next = work;
+      c->next_sib = work;
       work = c;
     }
     c = next;
@@ -300,7 +303,7 @@ inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noex
   const std::uint32_t bits = done_state(e);
   while (work) {
     cancel_node* c = work;
-    work = c->work_next;
+    work = c->next_sib;
     c->mtx.lock();
     if (c->state.load(std::memory_order_relaxed) & st_done) {
       c->mtx.unlock();
@@ -310,11 +313,11 @@ inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noex
     }
     mark_locked(c, bits, final_cause, work);
     c->mtx.unlock();
-    c->work_next = marked;
+    c->next_sib = marked;
     marked = c;
   }
   settle(root);
-  for (cancel_node* m = marked; m; m = m->work_next) settle(m);
+  for (cancel_node* m = marked; m; m = m->next_sib) settle(m);
 
   // A cancelled child leaves its parent's list at once.
   unlink_from_parent(root);
@@ -323,7 +326,7 @@ inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noex
   fire(root);
   while (marked) {
     cancel_node* m = marked;
-    marked = m->work_next;
+    marked = m->next_sib;
     fire(m);
     release(m);
   }
@@ -368,7 +371,7 @@ struct detach_node final : node {
       : node(node_kind::detach, &ops_, p, nullptr, nullptr, p->key_bloom, false) {}
 };
 
-struct plain_cancel_node final : cancel_node {
+struct plain_cancel_node final : cancel_node, cached_node<plain_cancel_node> {
   static void destroy(node* n) noexcept {
     auto* c = static_cast<plain_cancel_node*>(n);
     retire(c);

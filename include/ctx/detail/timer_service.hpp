@@ -48,7 +48,7 @@ class timer_service;
 
 /// A cancel node with its own, earlier deadline.
 template <class Clock>
-struct deadline_node final : cancel_node {
+struct deadline_node final : cancel_node, cached_node<deadline_node<Clock>> {
   using time_point = typename Clock::time_point;
   static constexpr std::uint32_t no_slot = UINT32_MAX;
 
