@@ -134,6 +134,15 @@ inline void acquire(node* n) noexcept {
   return false;
 }
 
+/// Drops a reference unless it is the last one; true if it did.
+[[nodiscard]] inline bool release_unless_last(node* n) noexcept {
+  std::uint32_t r = n->refs.load(std::memory_order_relaxed);
+  while (r > 1)
+    if (n->refs.compare_exchange_weak(r, r - 1, std::memory_order_release, std::memory_order_relaxed))
+      return true;
+  return false;
+}
+
 /// Drops a reference; destroys the node, then its ancestors, iteratively.
 inline void release(node* n) noexcept {
   while (n && !n->is_static) {
@@ -299,7 +308,19 @@ inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noex
   // Phase 1: mark the whole subtree, iteratively (a chain of a million levels
   // costs no stack). Children already done belong to another thread's cancel:
   // wait until that one has marked its subtree.
-  cancel_node* marked = nullptr;
+  //
+  // A reference that phase 1 took is dropped in phase 1 only when it is not
+  // the last one: destroying a node can destroy its ancestors' values, user
+  // code, which must not run while the subtree is half marked. A leaf with
+  // nothing to fire is finished here, so the common fan-out (many plain
+  // leaves, each still referenced by its owner) touches each child once.
+  cancel_node* marked = nullptr;      // nodes that still need settle() or fire()
+  cancel_node* to_release = nullptr;  // nodes that only need their reference dropped
+  const auto drop_later = [&to_release](cancel_node* c) noexcept {
+    if (release_unless_last(c)) return;
+    c->next_sib = to_release;
+    to_release = c;
+  };
   const std::uint32_t bits = done_state(e);
   while (work) {
     cancel_node* c = work;
@@ -308,11 +329,18 @@ inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noex
     if (c->state.load(std::memory_order_relaxed) & st_done) {
       c->mtx.unlock();
       wait_settled(c);
-      release(c);
+      drop_later(c);
       continue;
     }
     mark_locked(c, bits, final_cause, work);
     c->mtx.unlock();
+    if (c->state.load(std::memory_order_relaxed) & st_settled) {  // a leaf: settled when marked
+      c->state.notify_all();
+      if (!c->has_hooks && !c->ops->on_cancel) {
+        drop_later(c);
+        continue;
+      }
+    }
     c->next_sib = marked;
     marked = c;
   }
@@ -329,6 +357,11 @@ inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noex
     marked = m->next_sib;
     fire(m);
     release(m);
+  }
+  while (to_release) {
+    cancel_node* r = to_release;
+    to_release = r->next_sib;
+    release(r);
   }
 }
 
