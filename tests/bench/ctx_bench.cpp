@@ -7,20 +7,27 @@
 // Heap use is measured with a replaced global operator new/delete (bytes the
 // program asks for) and with mallinfo2 (bytes glibc hands out, chunk headers
 // included); both count only while a benchmark switches counting on.
+#include <ctx/condition_variable.hpp>
 #include <ctx/ctx.hpp>
+#include <ctx/io.hpp>
+#include <ctx/queue.hpp>
 
 #include <benchmark/benchmark.h>
 #include <malloc.h>
+#include <poll.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <mutex>
 #include <new>
 #include <stop_token>
 #include <string>
@@ -404,6 +411,133 @@ void BM_floor_wake(benchmark::State& state) {
   measure_wake(state, r);
 }
 BENCHMARK(BM_floor_wake)->UseManualTime()->Iterations(2000);
+
+// --- adapters: cancel -> a blocked adapter returns, against the same wait
+// woken without ctx (DESIGN.md: p50 <= 2x the raw wake-up, p99 <= 500 us).
+
+/// ctx::wait on a std::condition_variable_any, woken by a cancel.
+struct ctx_cv_round : ctx_round {
+  std::mutex m;
+  std::condition_variable_any cv;
+  void block() {
+    std::unique_lock lock(m);
+    (void)ctx::wait(c, cv, lock, [] { return false; });
+  }
+};
+/// The same primitive woken by a plain notify: set the flag under the mutex, notify.
+struct raw_cv_round {
+  std::mutex m;
+  std::condition_variable_any cv;
+  bool flag = false;
+  void reset() { flag = false; }
+  void block() {
+    std::unique_lock lock(m);
+    cv.wait(lock, [this] { return flag; });
+  }
+  void wake() {
+    {
+      std::lock_guard lock(m);
+      flag = true;
+    }
+    cv.notify_all();
+  }
+};
+
+/// ctx::io::wait_readable on an empty pipe, woken by a cancel.
+struct pipe_fds {
+  int fd[2] = {-1, -1};
+  pipe_fds() {
+    if (::pipe(fd) != 0) std::abort();
+  }
+  ~pipe_fds() {
+    ::close(fd[0]);
+    ::close(fd[1]);
+  }
+};
+struct ctx_fd_round : ctx_round {
+  pipe_fds p;
+  void block() { (void)ctx::io::wait_readable(c, p.fd[0]); }
+};
+/// The same wait woken by writing a byte to the pipe.
+struct raw_fd_round {
+  pipe_fds p;
+  void reset() {
+    char b;
+    pollfd pfd{p.fd[0], POLLIN, 0};
+    while (::poll(&pfd, 1, 0) == 1 && ::read(p.fd[0], &b, 1) == 1) {
+    }
+  }
+  void block() {
+    pollfd pfd{p.fd[0], POLLIN, 0};
+    while (::poll(&pfd, 1, -1) != 1) {
+    }
+  }
+  void wake() {
+    const char b = 1;
+    if (::write(p.fd[1], &b, 1) != 1) std::abort();
+  }
+};
+
+/// bounded_queue::pop on an empty queue, woken by a cancel.
+struct ctx_queue_round : ctx_round {
+  ctx::bounded_queue<int> q{1};
+  void block() {
+    std::error_code ec;
+    (void)q.pop(c, ec);
+  }
+};
+/// The same pop woken by a push.
+struct raw_queue_round {
+  ctx::bounded_queue<int> q{1};
+  void reset() {}
+  void block() {
+    std::error_code ec;
+    (void)q.pop(ctx::background(), ec);
+  }
+  void wake() { (void)q.try_push(1); }
+};
+
+template <class Round>
+void BM_adapter_wake(benchmark::State& state) {
+  Round r;
+  measure_wake(state, r);
+}
+/// ctx::wait on a plain std::condition_variable (after_func locks the
+/// waiter's mutex and notifies), woken by a cancel.
+struct ctx_plain_cv_round : ctx_round {
+  std::mutex m;
+  std::condition_variable cv;
+  void block() {
+    std::unique_lock lock(m);
+    (void)ctx::wait(c, cv, lock, [] { return false; });
+  }
+};
+struct raw_plain_cv_round {
+  std::mutex m;
+  std::condition_variable cv;
+  bool flag = false;
+  void reset() { flag = false; }
+  void block() {
+    std::unique_lock lock(m);
+    cv.wait(lock, [this] { return flag; });
+  }
+  void wake() {
+    {
+      std::lock_guard lock(m);
+      flag = true;
+    }
+    cv.notify_all();
+  }
+};
+
+BENCHMARK(BM_adapter_wake<ctx_plain_cv_round>)->Name("BM_cancel_wake_plain_cv")->UseManualTime()->Iterations(1000);
+BENCHMARK(BM_adapter_wake<raw_plain_cv_round>)->Name("BM_floor_wake_plain_cv")->UseManualTime()->Iterations(1000);
+BENCHMARK(BM_adapter_wake<ctx_cv_round>)->Name("BM_cancel_wake_cv")->UseManualTime()->Iterations(1000);
+BENCHMARK(BM_adapter_wake<raw_cv_round>)->Name("BM_floor_wake_cv")->UseManualTime()->Iterations(1000);
+BENCHMARK(BM_adapter_wake<ctx_fd_round>)->Name("BM_cancel_wake_fd")->UseManualTime()->Iterations(1000);
+BENCHMARK(BM_adapter_wake<raw_fd_round>)->Name("BM_floor_wake_fd")->UseManualTime()->Iterations(1000);
+BENCHMARK(BM_adapter_wake<ctx_queue_round>)->Name("BM_cancel_wake_queue")->UseManualTime()->Iterations(1000);
+BENCHMARK(BM_adapter_wake<raw_queue_round>)->Name("BM_floor_wake_queue")->UseManualTime()->Iterations(1000);
 
 }  // namespace
 
