@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MIT
 // A child process for the exit tests. Each mode leaves deadlines pending on
 // the real timer thread, after_func registrations alive, and threads blocked
-// in wait(), then ends the process in a different way. It must exit 0
-// (`throwing_callback` exits 0 when its forked child died in std::terminate).
+// in wait(), then ends the process in a different way (return from main,
+// exit(), quick_exit() with an at_quick_exit handler, static destructors).
+// It must exit 0 (`throwing_callback` exits 0 when its forked child died in
+// std::terminate).
 #include <ctx/ctx.hpp>
 
 #include <chrono>
@@ -61,7 +63,7 @@ void start_blocked_waiters(const ctx::context& c, int n) {
 
 int main(int argc, char** argv) {
   if (argc != 2) {
-    std::fprintf(stderr, "usage: exit_helper return|exit|static_destructor|fork|throwing_callback\n");
+    std::fprintf(stderr, "usage: exit_helper return|exit|quick_exit|static_destructor|fork|throwing_callback\n");
     return 2;
   }
   const char* mode = argv[1];
@@ -105,6 +107,14 @@ int main(int argc, char** argv) {
   std::this_thread::sleep_for(5ms);  // let some deadlines fire on the timer thread
 
   if (std::strcmp(mode, "return") == 0) return 0;
+  if (std::strcmp(mode, "quick_exit") == 0) {
+    // No static destructors run: the pending timers, registrations and
+    // blocked waiters are simply abandoned. An at_quick_exit handler that
+    // cancels the root (waking the waiters, running thousands of callbacks)
+    // on the way out must work too.
+    std::at_quick_exit([] { work.root_cancel(); });
+    std::quick_exit(0);
+  }
   if (std::strcmp(mode, "exit") == 0) std::exit(0);
   if (std::strcmp(mode, "static_destructor") == 0) {
     static static_holder holder;  // a second static owner, destroyed first
