@@ -6,7 +6,8 @@
 //
 // The count is 10 million (CTX_SOAK_COUNT overrides it); under a sanitizer,
 // whose allocator quarantines freed memory and which is much slower, it is
-// 200 000 by default.
+// 200 000 by default. Under valgrind the RSS bound is not asserted (valgrind's
+// own bookkeeping grows the RSS), only printed.
 #include <ctx/ctx.hpp>
 
 #include <unistd.h>
@@ -14,6 +15,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 
 #include "support/catch.hpp"
@@ -36,6 +38,12 @@ namespace {
 long soak_count() {
   if (const char* v = std::getenv("CTX_SOAK_COUNT"); v && *v) return std::strtol(v, nullptr, 10);
   return CTX_TEST_SANITIZED ? 200'000 : 10'000'000;
+}
+
+/// Valgrind keeps freed blocks and shadow memory of its own: RSS means nothing there.
+bool under_valgrind() {
+  const char* preload = std::getenv("LD_PRELOAD");
+  return preload && std::strstr(preload, "valgrind");
 }
 
 /// Resident set size in bytes (Linux).
@@ -86,7 +94,11 @@ TEST_CASE("soak: deriving and dropping millions of children of one parent keeps 
   std::printf("soak: %ld contexts derived and dropped in %.2f s; RSS %.1f MiB before, %.1f MiB after (%+.2f MiB)\n", n,
               secs, static_cast<double>(before) / (1 << 20), static_cast<double>(after) / (1 << 20),
               static_cast<double>(after - before) / (1 << 20));
-  CHECK(after - before < 16L * 1024 * 1024);
+  if (under_valgrind()) {
+    std::printf("soak: under valgrind, whose own bookkeeping grows the RSS: bound not asserted\n");
+  } else {
+    CHECK(after - before < 16L * 1024 * 1024);
+  }
   const auto* pn = static_cast<const ctx::detail::cancel_node*>(ctx::detail::access::of(parent));
   CHECK(pn->first_child == nullptr);  // no dead child left in the parent's list
   CHECK(pn->refs.load() == 2);        // `parent` and its handle
