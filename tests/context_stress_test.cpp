@@ -136,10 +136,12 @@ TEST_CASE("stress: threads derive, cancel, drop and register on one tree while t
   const auto round_time = std::chrono::milliseconds(env_or("CTX_STRESS_MS", 2000) / rounds);
   long total_ops = 0;
   long total_callbacks = 0;
-  std::atomic<int> failures{0};
   const auto started = std::chrono::steady_clock::now();
 
   for (int round = 0; round < rounds; ++round) {
+    // Failures by kind, counted by the threads, checked by the main thread.
+    std::atomic<int> live_after_cancel{0};  // a context under the cancelled root not done
+    std::atomic<int> bad_callback{0};       // a callback run count the fate of its registration forbids
     auto root_d = ctx::with_cancel(ctx::background());
     ctx::context root = root_d.context;
     shared_tree tree;
@@ -231,7 +233,7 @@ TEST_CASE("stress: threads derive, cancel, drop and register on one tree while t
                   const std::stop_token tok = e.c.stop_token();
                   cv.wait_for(lock, tok, 200us, [] { return false; });
                   // (Its stop request may lag done() when a timer thread won the race.)
-                  if (e.under_root && was_cancelled && !e.c.done()) failures.fetch_add(1);
+                  if (e.under_root && was_cancelled && !e.c.done()) live_after_cancel.fetch_add(1);
                   break;
                 }
                 case 13:
@@ -242,14 +244,19 @@ TEST_CASE("stress: threads derive, cancel, drop and register on one tree while t
               }
             }
           }
+          if (t == 0 && !root_cancelled) {  // a slow machine (valgrind) may reach the end first
+            root_d.cancel(P);
+            root_cancelled = true;
+          }
         });
     }
+    CHECK(root.done());
     // Everything under the cancelled root is done, its stop tokens stopped.
     for (const entry& e : tree.contexts)
-      if (e.under_root && !e.c.done()) failures.fetch_add(1);
+      if (e.under_root && !e.c.done()) live_after_cancel.fetch_add(1);
     for (const thread_state& s : states) {
       for (const entry& e : s.own)
-        if (e.under_root && !e.c.done()) failures.fetch_add(1);
+        if (e.under_root && !e.c.done()) live_after_cancel.fetch_add(1);
     }
     // Callbacks: a cancel that lost a race to the timer thread returns before
     // the winner ran the callbacks, so wait (boundedly) for the kept ones.
@@ -268,7 +275,11 @@ TEST_CASE("stress: threads derive, cancel, drop and register on one tree while t
         const bool ok = n <= 1 && (r.fate != reg_fate::stopped || n == 0) &&
                         (r.fate != reg_fate::stop_failed || n == 1) &&
                         (r.fate != reg_fate::kept || !r.under_root || n == 1);
-        if (!ok) failures.fetch_add(1);
+        if (!ok) {
+          bad_callback.fetch_add(1);
+          std::printf("stress: callback ran %d times; fate %d, under root %d\n", n, static_cast<int>(r.fate),
+                      static_cast<int>(r.under_root));
+        }
       }
       total_ops += s.ops;
     }
@@ -285,7 +296,8 @@ TEST_CASE("stress: threads derive, cancel, drop and register on one tree while t
     CHECK(rn->first_child == nullptr);
     CHECK(ctx::detail::timer_service<std::chrono::steady_clock>::instance().pending() == 0);
     CHECK(live_callables.load() == 0);
-    CHECK(failures.load() == 0);
+    CHECK(live_after_cancel.load() == 0);
+    CHECK(bad_callback.load() == 0);
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   std::printf("stress: %u threads x %d rounds: %ld operations, %ld callbacks run, in %.2f s (%.0f ops/s)\n", threads,
