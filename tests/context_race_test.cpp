@@ -8,9 +8,12 @@
 #include <atomic>
 #include <barrier>
 #include <chrono>
+#include <condition_variable>
 #include <latch>
+#include <mutex>
 #include <memory>
 #include <random>
+#include <stop_token>
 #include <thread>
 #include <vector>
 
@@ -355,4 +358,144 @@ TEST_CASE("many threads deriving from, cancelling and dropping one shared tree",
   });
   CHECK(failures == 0);
   CHECK(callbacks == registered);
+}
+
+// --- the races peers were bitten by, each against the real timer thread ---------
+
+TEST_CASE("a callback on the timer thread destroys its own registration", "[race][after_func][real]") {
+  std::mt19937 rng(7);
+  for (int round = 0; round < 200; ++round) {
+    auto d = ctx::with_timeout(ctx::background(), std::chrono::microseconds(rng() % 300));
+    auto reg = std::make_unique<ctx::registration>();
+    std::atomic<int> ran{0};
+    std::atomic<bool> armed{false};
+    std::atomic<bool> finished{false};
+    const auto main_id = std::this_thread::get_id();
+    *reg = ctx::after_func(d.context, [&reg, &ran, &armed, &finished, main_id] {
+      ran.fetch_add(1);
+      auto* f = &finished;
+      if (std::this_thread::get_id() != main_id) {  // not the rare inline run of an already-expired timer
+        armed.wait(false);                           // `*reg` is assigned
+        reg.reset();                                 // destroys this callable: no capture is touched after it
+      }
+      f->store(true);
+      f->notify_all();
+    });
+    armed = true;
+    armed.notify_all();
+    finished.wait(false);
+    CHECK(ran.load() == 1);
+    if (reg) reg.reset();  // only after an inline run
+  }
+}
+
+TEST_CASE("stop from another thread while the timer thread runs the callback", "[race][after_func][real]") {
+  std::mt19937 rng(11);
+  for (int round = 0; round < 300; ++round) {
+    auto d = ctx::with_timeout(ctx::background(), std::chrono::microseconds(rng() % 200));
+    std::atomic<int> ran{0};
+    auto reg = ctx::after_func(d.context, [&ran] { ran.fetch_add(1); });
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 200));
+    const bool stopped = reg.stop();  // never waits
+    d.context.wait();
+    reg = ctx::registration{};  // waits for a callback still running on the timer thread
+    CHECK(ran.load() == (stopped ? 0 : 1));
+  }
+}
+
+TEST_CASE("a condition_variable_any wait on stop_token wakes on cancel, never misses it", "[race][stop_token]") {
+  // The waiter may block before, while or after the cancel requests stop:
+  // std::condition_variable_any's stop_token overloads must not lose the wake-up.
+  std::mt19937 rng(13);
+  for (int round = 0; round < 500; ++round) {
+    auto d = ctx::with_cancel(ctx::background());
+    std::mutex m;
+    std::condition_variable_any cv;
+    std::latch ready(2);
+    bool woke_done = false;
+    {
+      std::jthread waiter([&] {
+        const std::stop_token tok = d.context.stop_token();
+        ready.arrive_and_wait();
+        std::unique_lock lock(m);
+        cv.wait(lock, tok, [] { return false; });  // returns only once stop is requested
+        woke_done = d.context.done();
+      });
+      ready.arrive_and_wait();
+      for (auto spin = rng() % 2000; spin > 0; --spin) std::atomic_signal_fence(std::memory_order_seq_cst);
+      d.cancel();
+    }
+    CHECK(woke_done);
+  }
+}
+
+TEST_CASE("a condition_variable_any wait on stop_token wakes when the timer fires", "[race][stop_token][real]") {
+  std::mt19937 rng(17);
+  for (int round = 0; round < 200; ++round) {
+    auto d = ctx::with_timeout(ctx::background(), std::chrono::microseconds(rng() % 300));
+    std::mutex m;
+    std::condition_variable_any cv;
+    std::unique_lock lock(m);
+    cv.wait(lock, d.context.stop_token(), [] { return false; });
+    CHECK(d.context.err() == ctx::errc::deadline_exceeded);
+  }
+}
+
+TEST_CASE("destroying the last reference to a context inside its own callback on the timer thread",
+          "[race][after_func][real]") {
+  // The callback destroys everything the program holds of the context: the
+  // context, the handle and the registration. Only the timer thread's own
+  // reference is left, and it must be the one that frees the node.
+  std::mt19937 rng(19);
+  for (int round = 0; round < 200; ++round) {
+    struct holder {
+      ctx::context c;
+      ctx::cancel_handle h;
+      ctx::registration r;
+    };
+    auto h = std::make_unique<holder>();
+    auto d = ctx::with_timeout(ctx::background(), std::chrono::microseconds(rng() % 300));
+    h->c = std::move(d.context);
+    h->h = std::move(d.cancel);
+    std::atomic<bool> armed{false};
+    std::atomic<bool> finished{false};
+    const auto main_id = std::this_thread::get_id();
+    h->r = ctx::after_func(h->c, [&h, &armed, &finished, main_id] {
+      auto* f = &finished;
+      if (std::this_thread::get_id() != main_id) {  // not the rare inline run of an already-expired timer
+        armed.wait(false);                           // `h->r` is assigned
+        h.reset();  // destroys the registration (and this callable), the handle, the context
+      }
+      f->store(true);
+      f->notify_all();
+    });
+    const bool inline_run = finished.load();
+    armed = true;
+    armed.notify_all();
+    finished.wait(false);
+    CHECK((h == nullptr) != inline_run);
+  }
+}
+
+TEST_CASE("cancel from inside after_func of a descendant on the timer thread, racing a cancel of the root",
+          "[race][after_func][real]") {
+  std::mt19937 rng(23);
+  for (int round = 0; round < 200; ++round) {
+    auto root_d = ctx::with_cancel(ctx::background());
+    auto& root_cancel = root_d.cancel;
+    auto [mid, mc] = ctx::with_cancel(root_d.context);
+    auto [leaf, lc] = ctx::with_timeout(mid, std::chrono::microseconds(rng() % 200));
+    std::atomic<int> ran{0};
+    auto reg = ctx::after_func(leaf, [&root_cancel, &ran] {
+      ran.fetch_add(1);
+      root_cancel(P);
+    });
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 200));
+    root_cancel();
+    CHECK(root_d.context.done());
+    CHECK(mid.done());
+    CHECK(leaf.done());
+    reg = ctx::registration{};  // waits for a callback still running on the timer thread
+    CHECK(ran.load() <= 1);
+  }
 }

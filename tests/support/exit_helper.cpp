@@ -1,14 +1,17 @@
 // SPDX-License-Identifier: MIT
 // A child process for the exit tests. Each mode leaves deadlines pending on
 // the real timer thread, after_func registrations alive, and threads blocked
-// in wait(), then ends the process in a different way. It must exit 0
-// (`throwing_callback` exits 0 when its forked child died in std::terminate).
+// in wait(), then ends the process in a different way (return from main,
+// exit(), quick_exit() with an at_quick_exit handler, static destructors).
+// It must exit 0 (`throwing_callback` exits 0 when its forked child died in
+// std::terminate).
 #include <ctx/ctx.hpp>
 
 #include <chrono>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -61,7 +64,7 @@ void start_blocked_waiters(const ctx::context& c, int n) {
 
 int main(int argc, char** argv) {
   if (argc != 2) {
-    std::fprintf(stderr, "usage: exit_helper return|exit|static_destructor|fork|throwing_callback\n");
+    std::fprintf(stderr, "usage: exit_helper return|exit|quick_exit|static_destructor|fork|fork_while_firing|throwing_callback\n");
     return 2;
   }
   const char* mode = argv[1];
@@ -99,12 +102,44 @@ int main(int argc, char** argv) {
     return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
   }
 
+  if (std::strcmp(mode, "fork_while_firing") == 0) {
+    // fork() while the timer thread is inside a deadline's callbacks: the fork
+    // waits for that firing to finish, so the child sees every callback of the
+    // context run (or, had the fork come first, none), never a context half fired.
+    auto [c, cancel] = ctx::with_timeout(ctx::background(), 1ms);
+    std::atomic<int> runs{0};
+    std::atomic<bool> firing{false};
+    const auto slow_first = [&runs, &firing] {
+      if (runs.fetch_add(1) == 0) {
+        firing = true;
+        firing.notify_all();
+        std::this_thread::sleep_for(50ms);  // a slow callback: the fork lands inside it
+      }
+    };
+    auto r1 = ctx::after_func(c, slow_first);
+    auto r2 = ctx::after_func(c, slow_first);
+    firing.wait(false);
+    const pid_t pid = fork();
+    if (pid == 0) _exit(c.done() && runs.load() == 2 ? 0 : 1);
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid) return 3;
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
+  }
+
   static pending_work work;  // its static destructor runs while timers are pending
   auto [c, cancel] = ctx::with_cancel(work.root);
   start_blocked_waiters(c, 8);
   std::this_thread::sleep_for(5ms);  // let some deadlines fire on the timer thread
 
   if (std::strcmp(mode, "return") == 0) return 0;
+  if (std::strcmp(mode, "quick_exit") == 0) {
+    // No static destructors run: the pending timers, registrations and
+    // blocked waiters are simply abandoned. An at_quick_exit handler that
+    // cancels the root (waking the waiters, running thousands of callbacks)
+    // on the way out must work too.
+    std::at_quick_exit([] { work.root_cancel(); });
+    std::quick_exit(0);
+  }
   if (std::strcmp(mode, "exit") == 0) std::exit(0);
   if (std::strcmp(mode, "static_destructor") == 0) {
     static static_holder holder;  // a second static owner, destroyed first

@@ -12,9 +12,11 @@
 // removes the timer of every deadline node it marks (node_ops::on_cancel).
 //
 // fork(): the service's mutex is held across fork() (pthread_atfork), so the
-// child never inherits it locked. The child has no timer thread; the next
-// deadline scheduled in the child starts a new one, which then also fires the
-// deadlines inherited from the parent.
+// child never inherits it locked, and fork() first waits for a timer the
+// timer thread is firing (its stop requests and callbacks) to finish, so the
+// child never inherits a context half fired. The child has no timer thread;
+// the next deadline scheduled in the child starts a new one, which then also
+// fires the deadlines inherited from the parent.
 #pragma once
 
 #include <pthread.h>
@@ -140,14 +142,24 @@ class timer_service {
   };
 
   timer_service() {
-    pthread_atfork([] { instance().mu_.lock(); }, [] { instance().mu_.unlock(); },
-                   [] {
-                     timer_service& s = instance();
-                     s.started_ = false;  // the thread did not survive the fork
-                     // Waiters of the parent do not exist here: start from a clean condition variable.
-                     new (&s.cv_) std::condition_variable();
-                     s.mu_.unlock();
-                   });
+    pthread_atfork(
+        [] {
+          timer_service& s = instance();
+          std::unique_lock lock(s.mu_);
+          // Not from a callback on the timer thread itself: it would wait for itself.
+          if (std::this_thread::get_id() != s.thread_id_) s.fired_.wait(lock, [&s] { return !s.firing_; });
+          lock.release();  // held across fork()
+        },
+        [] { instance().mu_.unlock(); },
+        [] {
+          timer_service& s = instance();
+          s.started_ = false;  // the thread did not survive the fork
+          s.firing_ = false;
+          // Waiters of the parent do not exist here: start from clean condition variables.
+          new (&s.cv_) std::condition_variable();
+          new (&s.fired_) std::condition_variable();
+          s.mu_.unlock();
+        });
   }
 
   /// Pops the earliest timer if due, with a reference on its node.
@@ -178,6 +190,7 @@ class timer_service {
 
   void run() {
     std::unique_lock lock(mu_);
+    thread_id_ = std::this_thread::get_id();
     for (;;) {
       if (heap_.empty()) {
         wake_at_ = time_point::max();
@@ -194,9 +207,12 @@ class timer_service {
       dnode* n = heap_[0].n;
       pop_top();
       if (!try_acquire(n)) continue;
+      firing_ = true;
       lock.unlock();
       fire_one(n);
       lock.lock();
+      firing_ = false;
+      fired_.notify_all();  // a fork() waiting in the prepare handler
     }
   }
 
@@ -231,11 +247,14 @@ class timer_service {
 
   std::mutex mu_;
   std::condition_variable cv_;
+  std::condition_variable fired_;  // firing_ turned false
   std::vector<entry> heap_;
   // When the timer thread next looks at the heap on its own: the deadline it
   // sleeps until, max() when it waits for work, min() while it is awake.
   time_point wake_at_ = time_point::max();
   bool started_ = false;
+  bool firing_ = false;       // the timer thread fires a timer, outside mu_
+  std::thread::id thread_id_;  // of the timer thread
 };
 
 }  // namespace ctx::detail
