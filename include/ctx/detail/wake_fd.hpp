@@ -88,12 +88,13 @@ class wake_guard {
   wake_guard& operator=(const wake_guard&) = delete;
 
   ~wake_guard() {
+    // Drain first when the callback has started: by the time the read
+    // returns, the cancelling thread has usually left the callback, so
+    // destroying it below need not sleep until it does (a futex round trip
+    // that would double the cancel-to-return latency).
+    bool drained = fired_.load(std::memory_order_acquire) && drain();
     cb_.reset();  // waits for a callback running on another thread; none starts afterwards
-    if (fired_.load(std::memory_order_acquire)) {
-      std::uint64_t value;
-      while (::read(fd_, &value, sizeof value) < 0 && errno == EINTR) {
-      }
-    }
+    if (!drained && fired_.load(std::memory_order_acquire)) drain();
   }
 
   /// The eventfd to poll for POLLIN, or -1 when the token can never be stopped.
@@ -107,12 +108,21 @@ class wake_guard {
     int fd;
     std::atomic<bool>* fired;
     void operator()() const noexcept {
+      fired->store(true, std::memory_order_release);  // before the write: see ~wake_guard
       const std::uint64_t one = 1;
       while (::write(fd, &one, sizeof one) < 0 && errno == EINTR) {
       }
-      fired->store(true, std::memory_order_release);
     }
   };
+
+  /// Reads the eventfd's count; false if it was empty (the write is still to come).
+  bool drain() const noexcept {
+    std::uint64_t value;
+    ssize_t r;
+    while ((r = ::read(fd_, &value, sizeof value)) < 0 && errno == EINTR) {
+    }
+    return r == static_cast<ssize_t>(sizeof value);
+  }
 
   int fd_ = -1;
   std::error_code error_;
