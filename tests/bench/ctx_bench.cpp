@@ -464,9 +464,10 @@ struct ctx_cv_round : ctx_round {
   }
 };
 /// The same primitive woken by a plain notify: set the flag under the mutex, notify.
+template <class ConditionVariable>
 struct raw_cv_round {
   std::mutex m;
-  std::condition_variable_any cv;
+  ConditionVariable cv;
   bool flag = false;
   void reset() { flag = false; }
   void block() {
@@ -551,28 +552,11 @@ struct ctx_plain_cv_round : ctx_round {
     (void)ctx::wait(c, cv, lock, [] { return false; });
   }
 };
-struct raw_plain_cv_round {
-  std::mutex m;
-  std::condition_variable cv;
-  bool flag = false;
-  void reset() { flag = false; }
-  void block() {
-    std::unique_lock lock(m);
-    cv.wait(lock, [this] { return flag; });
-  }
-  void wake() {
-    {
-      std::lock_guard lock(m);
-      flag = true;
-    }
-    cv.notify_all();
-  }
-};
 
 BENCHMARK(BM_adapter_wake<ctx_plain_cv_round>)->Name("BM_cancel_wake_plain_cv")->UseManualTime()->Iterations(1000);
-BENCHMARK(BM_adapter_wake<raw_plain_cv_round>)->Name("BM_floor_wake_plain_cv")->UseManualTime()->Iterations(1000);
+BENCHMARK(BM_adapter_wake<raw_cv_round<std::condition_variable>>)->Name("BM_floor_wake_plain_cv")->UseManualTime()->Iterations(1000);
 BENCHMARK(BM_adapter_wake<ctx_cv_round>)->Name("BM_cancel_wake_cv")->UseManualTime()->Iterations(1000);
-BENCHMARK(BM_adapter_wake<raw_cv_round>)->Name("BM_floor_wake_cv")->UseManualTime()->Iterations(1000);
+BENCHMARK(BM_adapter_wake<raw_cv_round<std::condition_variable_any>>)->Name("BM_floor_wake_cv")->UseManualTime()->Iterations(1000);
 BENCHMARK(BM_adapter_wake<ctx_fd_round>)->Name("BM_cancel_wake_fd")->UseManualTime()->Iterations(1000);
 BENCHMARK(BM_adapter_wake<raw_fd_round>)->Name("BM_floor_wake_fd")->UseManualTime()->Iterations(1000);
 BENCHMARK(BM_adapter_wake<ctx_queue_round>)->Name("BM_cancel_wake_queue")->UseManualTime()->Iterations(1000);
