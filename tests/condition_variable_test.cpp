@@ -198,7 +198,9 @@ TEST_CASE("condition_variable: a cancel on another thread waits while the waiter
   // mutex, so a cancel cannot finish while someone holds it (and a thread
   // that cancels while holding it would deadlock itself).
   board<std::condition_variable> b;
-  auto [c, cancel] = ctx::with_cancel(ctx::background());
+  auto d = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
+  auto& c = d.context;
+  auto& cancel = d.cancel;
   std::atomic<int> entered{0};
   bool result = true;
   std::thread waiter([&, c = c] { result = wait_on(c, b, &entered); });
