@@ -22,7 +22,8 @@ SKIP='~"a real deadline fires on time, within a generous bound"'
 
 vg=(valgrind -q --leak-check=full --show-leak-kinds=definite,indirect,possible
     --errors-for-leak-kinds=definite,indirect,possible --error-exitcode=99
-    --suppressions=tests/leaks/valgrind.supp --fair-sched=yes)
+    --suppressions=tests/leaks/valgrind.supp --fair-sched=yes
+    --max-threads=1200)  # io_test blocks 1,000 threads on one context
 export CTX_SOAK_COUNT=100000 CTX_STRESS_MS=1000
 
 failed=0
