@@ -41,8 +41,13 @@ run() {
 }
 
 b=build/dev
+# Skipped: valgrind 3.19 (Debian 12) does not know pidfd_open (syscall 434),
+# so under it <ctx/process.hpp> reports ENOSYS, as documented for old kernels;
+# process_test and example_08_process run under ASan's LeakSanitizer instead.
 for t in "$b"/tests/*_test; do
-  if [[ "$t" == */context_test ]]; then
+  if [[ "$t" == */process_test ]]; then
+    echo "leaks: skipped (valgrind lacks pidfd_open): $t"
+  elif [[ "$t" == */context_test ]]; then
     eval run "$t" "$SKIP"
   else
     run "$t"
@@ -52,7 +57,9 @@ done
 # by a thread that does not exist in the child: suppressed in valgrind.supp.)
 for mode in return exit quick_exit static_destructor fork fork_while_firing; do run "$b/tests/exit_helper" "$mode"; done
 run "$b/tests/fuzz/ctx_fuzz_replay" tests/fuzz/corpus
-for e in "$b"/examples/example_*; do run "$e"; done
+for e in "$b"/examples/example_*; do
+  if [[ "$e" == */example_08_process ]]; then echo "leaks: skipped (valgrind lacks pidfd_open): $e"; else run "$e"; fi
+done
 
 echo "leaks: $([[ $failed -eq 0 ]] && echo 'OK: no leak, no memory error' || echo FAILED) in $(( $(date +%s) - start ))s"
 exit $failed
