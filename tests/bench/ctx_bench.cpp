@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // ctx benchmarks: the operations of DESIGN.md's performance budget, plus the
-// std::stop_source floor and the raw futex wake-up they are judged against.
+// raw wake-ups they are judged against (the std::stop_source and atomic-load
+// floors are in floor_bench.cpp).
 // tests/bench/go/ has the same operations against Go's context package;
 // tests/bench/compare runs both and prints one table.
 //
@@ -131,15 +132,6 @@ void BM_done_live(benchmark::State& state) {
 }
 BENCHMARK(BM_done_live);
 
-/// The floor for done(): one acquire load of a flag reached through a pointer.
-void BM_floor_atomic_load(benchmark::State& state) {
-  auto* flag = new std::atomic<std::uint32_t>{0};
-  benchmark::DoNotOptimize(flag);
-  for (auto _ : state) benchmark::DoNotOptimize(flag->load(std::memory_order_acquire) & 1);
-  delete flag;
-}
-BENCHMARK(BM_floor_atomic_load);
-
 void BM_err_live(benchmark::State& state) {
   auto [c, cancel] = ctx::with_cancel(ctx::background());
   for (auto _ : state) benchmark::DoNotOptimize(c.err());
@@ -159,20 +151,6 @@ void BM_with_cancel(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_with_cancel);
-
-/// The floor for BM_with_cancel: a stop source linked to a parent token by a
-/// stop callback, then a stop request; all destroyed at the end.
-void BM_floor_stop_source(benchmark::State& state) {
-  std::stop_source root;
-  const std::stop_token root_token = root.get_token();
-  for (auto _ : state) {
-    std::stop_source child;
-    std::stop_callback link(root_token, [&child]() noexcept { child.request_stop(); });
-    child.request_stop();
-    benchmark::DoNotOptimize(child);
-  }
-}
-BENCHMARK(BM_floor_stop_source);
 
 void BM_with_timeout(benchmark::State& state) {
   auto [root, stop] = ctx::with_cancel(ctx::background());
