@@ -163,9 +163,7 @@ class basic_context {
       static std::atomic<std::uint32_t> never{0};
       for (;;) never.wait(0);
     }
-    std::uint32_t s;
-    while (!((s = c->state.load(std::memory_order_acquire)) & detail::st_done))
-      c->state.wait(s, std::memory_order_acquire);
+    detail::wait_state(c, detail::st_done);
   }
 
  private:

@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "../error.hpp"
+#include "futex.hpp"
 #include "node_cache.hpp"
 #include "tiny_mutex.hpp"
 
@@ -66,6 +67,11 @@ struct node {
 inline constexpr std::uint32_t st_done = 1;     // err and cause are final
 inline constexpr std::uint32_t st_settled = 2;  // every descendant is done too
 inline constexpr std::uint32_t st_err_shift = 2;
+// A thread sleeps on the state word (context::wait, a losing cancel): set
+// under the node's mutex, kept by every later write, so that the writer of
+// st_done or st_settled knows whether to wake anyone (no system call, no
+// fence when nobody waits).
+inline constexpr std::uint32_t st_waiters = std::uint32_t{1} << 31;
 
 [[nodiscard]] constexpr std::uint32_t done_state(errc e) noexcept {
   return st_done | (static_cast<std::uint32_t>(e) << st_err_shift);
@@ -79,7 +85,7 @@ inline constexpr std::uint32_t st_err_shift = 2;
 }
 [[nodiscard]] inline std::error_code err_of_state(std::uint32_t s) noexcept {
   if (!(s & st_done)) return no_error();
-  return make_error_code(static_cast<errc>(s >> st_err_shift));
+  return make_error_code(static_cast<errc>((s & ~st_waiters) >> st_err_shift));
 }
 
 /// A node that can be cancelled: with_cancel, deadlines, with_stop_token.
@@ -178,7 +184,7 @@ inline bool link_to_parent(cancel_node* c) noexcept {
   const std::uint32_t s = up->state.load(std::memory_order_relaxed);
   if (s & st_done) {
     c->cause_ = up->cause_;
-    c->state.store(s | st_settled, std::memory_order_relaxed);
+    c->state.store((s & ~st_waiters) | st_settled, std::memory_order_relaxed);
     return false;
   }
   c->next_sib = up->first_child;
@@ -203,11 +209,33 @@ inline void retire(cancel_node* c) noexcept {
   if (!(c->state.load(std::memory_order_acquire) & st_done)) unlink_from_parent(c);
 }
 
-inline void wait_settled(cancel_node* c) noexcept {
-  std::uint32_t s;
-  while (!((s = c->state.load(std::memory_order_acquire)) & st_settled))
-    c->state.wait(s, std::memory_order_acquire);
+/// Blocks until `bit` (st_done or st_settled) is set in c's state word.
+///
+/// The waiter sets st_waiters under c's mutex: the write that sets `bit`
+/// either is a store under that mutex (mark_locked), which then sees the flag
+/// and keeps it, or a read-modify-write (settle), which sees it too. So the
+/// writer wakes the waiter, or the waiter sees `bit`; the kernel re-checks
+/// the word before sleeping, so a write in between is never missed.
+inline void wait_state(cancel_node* c, std::uint32_t bit) noexcept {
+  for (;;) {
+    if (c->state.load(std::memory_order_acquire) & bit) return;
+    std::uint32_t s;
+    {
+      tiny_lock lock(c->mtx);
+      s = c->state.fetch_or(st_waiters, std::memory_order_relaxed) | st_waiters;
+    }
+    if (!(s & bit)) futex_wait(c->state, s);
+  }
 }
+
+/// Wakes the threads in wait_state on `c`, if any; `s` is the state word as
+/// this thread last wrote or read it after setting st_done or st_settled.
+inline void wake_state_waiters(cancel_node* c, std::uint32_t s) noexcept {
+  if (s & st_waiters) [[unlikely]]
+    futex_wake_all(c->state);
+}
+
+inline void wait_settled(cancel_node* c) noexcept { wait_state(c, st_settled); }
 
 /// Marks `n` done; its children move onto `work` (each with a reference).
 /// Precondition: n->mtx held and n not done.
@@ -221,7 +249,8 @@ inline void mark_locked(cancel_node* n, std::uint32_t done_bits, const std::erro
   // A leaf is settled as soon as it is done: no child can be linked to a done
   // node (link_to_parent makes it born done), so settle() skips its RMW.
   const std::uint32_t leaf = n->first_child ? 0 : st_settled;
-  n->state.store(done_bits | leaf, std::memory_order_release);
+  const std::uint32_t waiters = n->state.load(std::memory_order_relaxed) & st_waiters;
+  n->state.store(done_bits | leaf | waiters, std::memory_order_release);
   for (cancel_node* c = n->first_child; c;) {
     cancel_node* next = c->next_sib;
     c->linked = false;
@@ -236,19 +265,15 @@ inline void mark_locked(cancel_node* n, std::uint32_t done_bits, const std::erro
 }
 
 /// Called by the cancel that marked `n`, the only writer of a done node's state.
+/// Wakes whoever waits for st_done or st_settled on `n`.
 inline void settle(cancel_node* n) noexcept {
-  if (!(n->state.load(std::memory_order_relaxed) & st_settled))
-    n->state.fetch_or(st_settled, std::memory_order_release);
-  n->state.notify_all();
+  std::uint32_t s = n->state.load(std::memory_order_relaxed);
+  if (!(s & st_settled)) s = n->state.fetch_or(st_settled, std::memory_order_release);
+  wake_state_waiters(n, s);
 }
 
-/// Runs what a node triggers once done: its stop source, its timer's removal,
-/// its after_func callbacks. Called outside all locks; may run user code.
-inline void fire(cancel_node* n) noexcept {
-  if (!n->has_hooks) {
-    if (n->ops->on_cancel) n->ops->on_cancel(n);
-    return;
-  }
+/// fire() for a node that had a stop source or callbacks when it was marked.
+inline void fire_hooks(cancel_node* n) noexcept {
   std::stop_source src{std::nostopstate};
   {
     tiny_lock lock(n->mtx);
@@ -276,10 +301,22 @@ inline void fire(cancel_node* n) noexcept {
       // thread frees `rec` only after this thread stopped touching it.
       tiny_lock lock(n->mtx);
       rec->destroyed = nullptr;
-      rec->st.store(callback_rec::finished, std::memory_order_release);
+      // seq_cst: ordered before notify_all()'s check for waiters, which
+      // std::atomic::wait's protocol needs (the unlock is a plain store).
+      rec->st.store(callback_rec::finished, std::memory_order_seq_cst);
       rec->st.notify_all();
     }
   }
+}
+
+/// Runs what a node triggers once done: its stop source, its timer's removal,
+/// its after_func callbacks. Called outside all locks; may run user code. A
+/// node with nothing of that (the common leaf) costs two loads here.
+inline void fire(cancel_node* n) noexcept {
+  if (n->has_hooks) [[unlikely]]
+    fire_hooks(n);
+  else if (n->ops->on_cancel)
+    n->ops->on_cancel(n);
 }
 
 /// Cancels `root` and every descendant.
@@ -304,6 +341,12 @@ inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noex
   const std::error_code final_cause = cause ? *cause : root->cause_;
   mark_locked(root, done_state(e), final_cause, work);
   root->mtx.unlock();
+  if (!work) {  // no child to mark (the common `cancel()` of a request's own context)
+    settle(root);
+    unlink_from_parent(root);
+    fire(root);
+    return;
+  }
 
   // Phase 1: mark the whole subtree, iteratively (a chain of a million levels
   // costs no stack). Children already done belong to another thread's cancel:
@@ -334,8 +377,8 @@ inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noex
     }
     mark_locked(c, bits, final_cause, work);
     c->mtx.unlock();
-    if (c->state.load(std::memory_order_relaxed) & st_settled) {  // a leaf: settled when marked
-      c->state.notify_all();
+    if (const std::uint32_t s = c->state.load(std::memory_order_relaxed); s & st_settled) {  // a leaf: settled when marked
+      wake_state_waiters(c, s);
       if (!c->has_hooks && !c->ops->on_cancel) {
         drop_later(c);
         continue;
