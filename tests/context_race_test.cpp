@@ -115,6 +115,100 @@ TEST_CASE("cancel versus derive: every child is done once both have returned", "
   }
 }
 
+// A plain leaf with nothing attached is cancelled by one compare-and-swap,
+// without its mutex (st_busy in detail/node.hpp). Everything that attaches to
+// a node must either see it done or make that fast path fail.
+
+TEST_CASE("fast path: a leaf cancelled by its handle and by its parent at once", "[race][fast_path]") {
+  for (int round = 0; round < 100; ++round) {
+    auto root_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
+    auto& root = root_cancel.context;
+    auto& cancel = root_cancel.cancel;
+    std::vector<ctx::context> kids;
+    std::vector<ctx::cancel_handle> handles;
+    for (int i = 0; i < 64; ++i) {
+      auto [c, h] = ctx::with_cancel(root);
+      kids.push_back(std::move(c));
+      handles.push_back(std::move(h));
+    }
+    std::latch start(2);
+    {
+      std::jthread t([&] {
+        start.arrive_and_wait();
+        for (auto& h : handles) h();
+      });
+      start.arrive_and_wait();
+      cancel(P);
+    }
+    for (const auto& c : kids) {
+      CHECK(c.err() == ctx::errc::canceled);
+      const std::error_code cause = c.cause();
+      CHECK((cause == P || cause == ctx::errc::canceled));
+    }
+  }
+}
+
+TEST_CASE("fast path: after_func registered while the leaf is cancelled runs exactly once", "[race][fast_path]") {
+  for (int round = 0; round < 500; ++round) {
+    auto c_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
+    auto& c = c_cancel.context;
+    auto& cancel = c_cancel.cancel;
+    std::atomic<int> ran{0};
+    std::latch start(2);
+    ctx::registration reg;
+    {
+      std::jthread t([&] {
+        start.arrive_and_wait();
+        reg = ctx::after_func(c, [&] { ran.fetch_add(1); });
+      });
+      start.arrive_and_wait();
+      cancel();
+    }
+    CHECK(ran == 1);
+  }
+}
+
+TEST_CASE("fast path: a thread entering wait() while the leaf is cancelled wakes", "[race][fast_path]") {
+  for (int round = 0; round < 500; ++round) {
+    auto c_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
+    auto& c = c_cancel.context;
+    auto& cancel = c_cancel.cancel;
+    std::latch start(2);
+    {
+      std::jthread t([&] {
+        start.arrive_and_wait();
+        c.wait();  // hangs the test if the cancel missed this waiter
+      });
+      start.arrive_and_wait();
+      cancel();
+    }
+    CHECK(c.done());
+  }
+}
+
+TEST_CASE("fast path: a child derived while its leaf parent is cancelled is done", "[race][fast_path]") {
+  for (int round = 0; round < 500; ++round) {
+    auto p_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
+    auto& parent = p_cancel.context;
+    auto& cancel = p_cancel.cancel;
+    std::latch start(2);
+    ctx::context child;
+    ctx::cancel_handle child_cancel;
+    {
+      std::jthread t([&] {
+        start.arrive_and_wait();
+        auto [c, h] = ctx::with_cancel(parent);
+        child = std::move(c);
+        child_cancel = std::move(h);
+      });
+      start.arrive_and_wait();
+      cancel();
+    }
+    CHECK(child.done());
+    CHECK(child.cause() == ctx::errc::canceled);
+  }
+}
+
 TEST_CASE("a thread that sees done() sees the final err and cause", "[race]") {
   for (int round = 0; round < 200; ++round) {
     auto [c, cancel] = ctx::with_cancel(ctx::background());

@@ -133,7 +133,7 @@ class basic_context {
     detail::tiny_lock lock(c->mtx);
     if (!c->src_.stop_possible()) {
       c->src_ = std::stop_source();  // no callbacks on it yet: requesting stop runs no user code
-      if (c->state.load(std::memory_order_relaxed) & detail::st_done) c->src_.request_stop();
+      if (detail::claim_locked(c) & detail::st_done) c->src_.request_stop();
     }
     return c->src_.get_token();
   }
@@ -466,7 +466,7 @@ registration after_func(const basic_context<Clock>& c, F&& f) {
   rec->owner = owner;
   {
     detail::tiny_lock lock(owner->mtx);
-    if (!(owner->state.load(std::memory_order_relaxed) & detail::st_done)) {
+    if (!(detail::claim_locked(owner) & detail::st_done)) {
       rec->next = owner->first_cb;
       if (rec->next) rec->next->prev = rec;
       owner->first_cb = rec;

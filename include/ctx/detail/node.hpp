@@ -8,7 +8,9 @@
 // parent's mutex (its sibling links and `linked`). The state word is written
 // under the node's mutex with release order and read lock-free with acquire
 // order; the cause is written before the state word, so a reader that sees
-// `st_done` sees the final err and cause.
+// `st_done` sees the final err and cause. One exception: a node with nothing
+// attached (state word 0, see st_busy) is marked done by a compare-and-swap
+// without its mutex, and then its cause is the empty one it always had.
 #pragma once
 
 #include <atomic>
@@ -72,6 +74,15 @@ inline constexpr std::uint32_t st_err_shift = 2;
 // st_done or st_settled knows whether to wake anyone (no system call, no
 // fence when nobody waits).
 inline constexpr std::uint32_t st_waiters = std::uint32_t{1} << 31;
+// Something is attached to the node, or may be: a child, an after_func, a
+// stop source, a waiter; or it has a timer or a stop callback of its own.
+// Sticky. A node whose state word is 0 (live, nothing attached) can be
+// cancelled by one compare-and-swap without its mutex (cancel's fast path);
+// every writer that attaches something sets st_busy first, by a
+// read-modify-write under the mutex, so either it sees st_done or the fast
+// path fails and the cancel takes the mutex.
+inline constexpr std::uint32_t st_busy = std::uint32_t{1} << 30;
+inline constexpr std::uint32_t st_flags = st_waiters | st_busy;
 
 [[nodiscard]] constexpr std::uint32_t done_state(errc e) noexcept {
   return st_done | (static_cast<std::uint32_t>(e) << st_err_shift);
@@ -85,17 +96,18 @@ inline constexpr std::uint32_t st_waiters = std::uint32_t{1} << 31;
 }
 [[nodiscard]] inline std::error_code err_of_state(std::uint32_t s) noexcept {
   if (!(s & st_done)) return no_error();
-  return make_error_code(static_cast<errc>((s & ~st_waiters) >> st_err_shift));
+  return make_error_code(static_cast<errc>((s & ~st_flags) >> st_err_shift));
 }
 
 /// A node that can be cancelled: with_cancel, deadlines, with_stop_token.
 struct cancel_node : node {
   cancel_node(node_kind k, const node_ops* o, node* p, const node* d) noexcept
-      : node(k, o, p, this, d, p->key_bloom, false) {}
+      : node(k, o, p, this, d, p->key_bloom, false),
+        state(k == node_kind::cancel || k == node_kind::inherited_deadline ? 0 : st_busy) {}
 
   [[nodiscard]] cancel_node* up() const noexcept { return parent->canc; }
 
-  std::atomic<std::uint32_t> state{0};
+  std::atomic<std::uint32_t> state;  // st_* bits; 0 or st_busy at first (a timer or a stop callback)
   tiny_mutex mtx;
   bool linked = false;                  // in up()'s child list; guarded by up()->mtx
   bool has_hooks = false;               // a stop source or callbacks when marked; owned by the marking cancel
@@ -175,16 +187,26 @@ inline void unlink_from_parent(cancel_node* c) noexcept {
   c->linked = false;
 }
 
+/// The state of `c`, with st_busy set: from now on no cancel's fast path can
+/// mark `c`, so a live `c` stays live until this thread unlocks its mutex.
+/// Precondition: c->mtx held. Sets st_busy by a read-modify-write (acquire:
+/// a fast path that won published st_done with it) unless it is set already.
+[[nodiscard]] inline std::uint32_t claim_locked(cancel_node* c) noexcept {
+  const std::uint32_t s = c->state.load(std::memory_order_acquire);
+  if (s & (st_busy | st_done)) return s;
+  return c->state.fetch_or(st_busy, std::memory_order_acq_rel) | st_busy;
+}
+
 /// Links a new child into its cancelable parent, or makes it born done when
 /// the parent is done already. Returns false when the child was born done.
 inline bool link_to_parent(cancel_node* c) noexcept {
   cancel_node* up = c->up();
   if (!up) return true;
   tiny_lock lock(up->mtx);
-  const std::uint32_t s = up->state.load(std::memory_order_relaxed);
+  const std::uint32_t s = claim_locked(up);
   if (s & st_done) {
     c->cause_ = up->cause_;
-    c->state.store((s & ~st_waiters) | st_settled, std::memory_order_relaxed);
+    c->state.store((s & ~st_flags) | st_settled, std::memory_order_relaxed);
     return false;
   }
   c->next_sib = up->first_child;
@@ -222,7 +244,7 @@ inline void wait_state(cancel_node* c, std::uint32_t bit) noexcept {
     std::uint32_t s;
     {
       tiny_lock lock(c->mtx);
-      s = c->state.fetch_or(st_waiters, std::memory_order_relaxed) | st_waiters;
+      s = c->state.fetch_or(st_waiters | st_busy, std::memory_order_acquire) | st_waiters | st_busy;
     }
     if (!(s & bit)) futex_wait(c->state, s);
   }
@@ -238,7 +260,8 @@ inline void wake_state_waiters(cancel_node* c, std::uint32_t s) noexcept {
 inline void wait_settled(cancel_node* c) noexcept { wait_state(c, st_settled); }
 
 /// Marks `n` done; its children move onto `work` (each with a reference).
-/// Precondition: n->mtx held and n not done.
+/// Precondition: n->mtx held, n not done, and claim_locked(n) called (so no
+/// fast path can mark it meanwhile: the plain store below is the only write).
 inline void mark_locked(cancel_node* n, std::uint32_t done_bits, const std::error_code& cause,
                         cancel_node*& work) noexcept {
   // Hooks added after this point see st_done and run themselves (stop_token()
@@ -249,8 +272,8 @@ inline void mark_locked(cancel_node* n, std::uint32_t done_bits, const std::erro
   // A leaf is settled as soon as it is done: no child can be linked to a done
   // node (link_to_parent makes it born done), so settle() skips its RMW.
   const std::uint32_t leaf = n->first_child ? 0 : st_settled;
-  const std::uint32_t waiters = n->state.load(std::memory_order_relaxed) & st_waiters;
-  n->state.store(done_bits | leaf | waiters, std::memory_order_release);
+  const std::uint32_t flags = n->state.load(std::memory_order_relaxed) & st_flags;
+  n->state.store(done_bits | leaf | flags, std::memory_order_release);
   for (cancel_node* c = n->first_child; c;) {
     cancel_node* next = c->next_sib;
     c->linked = false;
@@ -330,10 +353,21 @@ inline void fire(cancel_node* n) noexcept {
 inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noexcept {
   // Settled: done with every descendant, so there is nothing to do or wait
   // for (the common `cancel(); ~handle` pair pays one load for the second).
-  if (root->state.load(std::memory_order_acquire) & st_settled) return;
+  std::uint32_t rs = root->state.load(std::memory_order_acquire);
+  if (rs & st_settled) return;
+  // Fast path: nothing attached (no child, callback, stop source, waiter,
+  // timer) and no cause to record: one compare-and-swap, no mutex.
+  if (rs == 0 && cause && !*cause) {
+    if (root->state.compare_exchange_strong(rs, done_state(e) | st_settled, std::memory_order_acq_rel,
+                                            std::memory_order_acquire)) {
+      unlink_from_parent(root);
+      return;  // nothing to fire: plain nodes have no on_cancel, and nothing was attached
+    }
+    if (rs & st_settled) return;  // another fast path won
+  }
   cancel_node* work = nullptr;
   root->mtx.lock();
-  if (root->state.load(std::memory_order_relaxed) & st_done) {
+  if (claim_locked(root) & st_done) {
     root->mtx.unlock();
     wait_settled(root);
     return;
@@ -368,8 +402,16 @@ inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noex
   while (work) {
     cancel_node* c = work;
     work = c->next_sib;
+    // A plain leaf with nothing attached: the same fast path as above.
+    if (std::uint32_t cs = c->state.load(std::memory_order_acquire); cs == 0 && !final_cause) {
+      if (c->state.compare_exchange_strong(cs, bits | st_settled, std::memory_order_acq_rel,
+                                           std::memory_order_acquire)) {
+        drop_later(c);
+        continue;
+      }
+    }
     c->mtx.lock();
-    if (c->state.load(std::memory_order_relaxed) & st_done) {
+    if (claim_locked(c) & st_done) {
       c->mtx.unlock();
       wait_settled(c);
       drop_later(c);
