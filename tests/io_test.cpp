@@ -662,6 +662,37 @@ TEST_CASE("a forked child does not share the thread's wake-up eventfd", "[io][wa
   CHECK(errno == EAGAIN);
 }
 
+TEST_CASE("a forked child's first wait after a cancelled one in the parent works", "[io][wake]") {
+  // White-box: a wait that was woken by a cancel leaves its std::stop_callback
+  // to the thread's next wait (so that it need not sleep until the cancelling
+  // thread has left the callback). A fork()ed child abandons it: its next
+  // wait must neither touch the parent's callback nor hang.
+  auto p = test::make_pipe();
+  auto [c, cancel_c] = ctx::with_cancel(ctx::background());
+  const ctx::cancel_handle& cancel = cancel_c;  // a lambda cannot capture a structured binding in clang < 16
+  std::thread canceller([&cancel, tid = test::this_tid()] {
+    (void)test::wait_until_blocked(tid);
+    cancel();
+  });
+  std::byte buf[1];
+  const auto r = ctx::io::read(c, p.a.get(), buf);
+  canceller.join();
+  REQUIRE(r.error() == canceled);
+  REQUIRE(ctx::detail::this_thread_wake_fd_holder().cb.has_value());  // the case under test
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    auto [c2, cancel2] = ctx::with_cancel(ctx::background());
+    std::byte b[1];
+    const bool ok = ::write(p.b.get(), "x", 1) == 1 && ctx::io::read(c2, p.a.get(), b).bytes() == 1;
+    ::_exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+}
+
 TEST_CASE("a thousand threads blocked on one context all wake on one cancel", "[io][cancel][stress]") {
   constexpr int n = 1000;
   auto p = test::make_pipe();

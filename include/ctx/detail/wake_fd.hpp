@@ -4,12 +4,18 @@
 //
 // Thread safety: each thread owns one eventfd (thread_local, created on first
 // use, closed when the thread exits; a fork()ed child makes its own), so at
-// most one operation at a time arms it. The stop callback may run on any thread (the canceller, the timer
-// thread); it only writes to the eventfd and then sets `fired_` (release).
-// The arming thread destroys the callback first (which waits for a running
-// callback, and after which none can start), then reads `fired_` (acquire)
-// and, if set, drains the eventfd, so the next operation starts with a
-// counter of zero: a stale wake-up cannot cancel it.
+// most one operation at a time arms it. The stop callback may run on any
+// thread (the canceller, the timer thread); it sets `fired` (release) and
+// then writes to the eventfd, and touches nothing after the write. When an
+// operation ends, the arming thread drains the eventfd if `fired` is set, so
+// the next operation starts with a counter of zero: a stale wake-up cannot
+// cancel it. If the drain found the write, the callback has nothing left to
+// do but return, so its std::stop_callback is left in place and destroyed by
+// the thread's next operation (or at its exit): destroying it at once could
+// sleep until the cancelling thread leaves the callback, a futex round trip
+// that would double the cancel-to-return latency. Otherwise the callback is
+// destroyed at once (which waits for one that is running, after which none
+// can start) and the eventfd drained again if it fired meanwhile.
 #pragma once
 
 #include <poll.h>
@@ -20,19 +26,37 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
+#include <new>
 #include <optional>
 #include <stop_token>
 #include <system_error>
 
 namespace ctx::detail {
 
-/// Owns one thread's wake-up eventfd.
+/// The stop callback of a wake_guard: records that it ran, then signals the eventfd.
+struct wake_on_stop {
+  int fd;
+  std::atomic<bool>* fired;
+  void operator()() const noexcept {
+    fired->store(true, std::memory_order_release);  // before the write: see ~wake_guard
+    const std::uint64_t one = 1;
+    while (::write(fd, &one, sizeof one) < 0 && errno == EINTR) {
+    }
+  }
+};
+
+/// Owns one thread's wake-up eventfd and the stop callback that signals it.
 struct wake_fd_holder {
   int fd = -1;
+  std::atomic<bool> fired{false};
+  // The armed callback, or one that fired and wrote during the last
+  // operation and may still be returning on the cancelling thread.
+  std::optional<std::stop_callback<wake_on_stop>> cb;
   wake_fd_holder() = default;
   wake_fd_holder(const wake_fd_holder&) = delete;
   wake_fd_holder& operator=(const wake_fd_holder&) = delete;
   ~wake_fd_holder() {
+    cb.reset();  // waits for a callback still returning on another thread
     if (fd >= 0) ::close(fd);
   }
 };
@@ -46,10 +70,16 @@ struct wake_fd_holder {
 /// eventfd (a wake-up in one process would be seen, and drained, by the
 /// other). The child has only the thread that called fork(), whose holder
 /// this is; it makes a fresh eventfd on first use.
+///
+/// A stop callback left in place by the last operation is abandoned, not
+/// destroyed: the thread that ran it in the parent does not exist here, and
+/// destroying it could wait for that thread forever. Its stop state (a few
+/// dozen bytes) is leaked in the child.
 inline void forget_wake_fd_after_fork() noexcept {
   wake_fd_holder& h = this_thread_wake_fd_holder();
   if (h.fd >= 0) ::close(h.fd);
   h.fd = -1;
+  ::new (static_cast<void*>(&h.cb)) std::optional<std::stop_callback<wake_on_stop>>();
 }
 
 /// The calling thread's wake-up eventfd, or -1 (errno set) if it could not be made.
@@ -81,20 +111,22 @@ class wake_guard {
       error_ = std::error_code(errno, std::system_category());
       return;
     }
+    h_ = &this_thread_wake_fd_holder();
+    h_->cb.reset();  // the last operation's, which returned long ago: no wait
+    h_->fired.store(false, std::memory_order_relaxed);
     // Runs inline here when stop was already requested.
-    cb_.emplace(token, on_stop{fd_, &fired_});
+    h_->cb.emplace(token, wake_on_stop{fd_, &h_->fired});
   }
   wake_guard(const wake_guard&) = delete;
   wake_guard& operator=(const wake_guard&) = delete;
 
   ~wake_guard() {
-    // Drain first when the callback has started: by the time the read
-    // returns, the cancelling thread has usually left the callback, so
-    // destroying it below need not sleep until it does (a futex round trip
-    // that would double the cancel-to-return latency).
-    bool drained = fired_.load(std::memory_order_acquire) && drain();
-    cb_.reset();  // waits for a callback running on another thread; none starts afterwards
-    if (!drained && fired_.load(std::memory_order_acquire)) drain();
+    if (!h_) return;
+    // The write happened and was drained: the callback has nothing left to
+    // do but return. Leave it to the next operation (see the file comment).
+    if (h_->fired.load(std::memory_order_acquire) && drain()) return;
+    h_->cb.reset();  // waits for a callback running on another thread; none starts afterwards
+    if (h_->fired.load(std::memory_order_acquire)) drain();
   }
 
   /// The eventfd to poll for POLLIN, or -1 when the token can never be stopped.
@@ -104,17 +136,6 @@ class wake_guard {
   [[nodiscard]] std::error_code error() const noexcept { return error_; }
 
  private:
-  struct on_stop {
-    int fd;
-    std::atomic<bool>* fired;
-    void operator()() const noexcept {
-      fired->store(true, std::memory_order_release);  // before the write: see ~wake_guard
-      const std::uint64_t one = 1;
-      while (::write(fd, &one, sizeof one) < 0 && errno == EINTR) {
-      }
-    }
-  };
-
   /// Reads the eventfd's count; false if it was empty (the write is still to come).
   bool drain() const noexcept {
     std::uint64_t value;
@@ -126,8 +147,7 @@ class wake_guard {
 
   int fd_ = -1;
   std::error_code error_;
-  std::atomic<bool> fired_{false};
-  std::optional<std::stop_callback<on_stop>> cb_;
+  wake_fd_holder* h_ = nullptr;  // null when nothing was armed
 };
 
 /// How a wait on an fd ended.
