@@ -422,6 +422,15 @@ TEST_CASE("timeouts saturate: zero and negative are expired, max never overflows
     CHECK_FALSE(a.done());
     CHECK_FALSE(b.done());
   }
+  SECTION("at the boundary: the most whole hours that fit are exact, one more saturates") {
+    const auto headroom = manual::time_point::max() - manual::now();
+    const auto h = std::chrono::floor<std::chrono::hours>(headroom);
+    REQUIRE(std::chrono::duration_cast<manual::duration>(h) < headroom);
+    auto [a, ca] = ctx::with_timeout(root, h);
+    auto [b, cb] = ctx::with_timeout(root, h + 1h);
+    CHECK(a.deadline() == manual::now() + std::chrono::duration_cast<manual::duration>(h));
+    CHECK(b.deadline() == manual::time_point::max());
+  }
   SECTION("sub-tick timeouts round up, never fire early") {
     auto [c, cancel] = ctx::with_timeout(root, std::chrono::duration<long long, std::pico>(1500));
     CHECK(c.deadline() == manual::now() + 2ns);

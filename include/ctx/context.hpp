@@ -19,6 +19,7 @@
 #include <concepts>
 #include <cstdint>
 #include <optional>
+#include <ratio>
 #include <stop_token>
 #include <system_error>
 #include <type_traits>
@@ -314,6 +315,18 @@ template <class TimePoint, class Rep, class Period>
   using wide = std::chrono::duration<long double>;
   if (!(t > t.zero())) return now;
   const D headroom = TimePoint::max() - now;
+  // Signed integers, and `t`'s period a whole multiple of D's (2s, 1h, 5ms
+  // into nanoseconds): exact integer arithmetic, no long double (which costs
+  // more than the rest of with_timeout's arithmetic).
+  using R = std::ratio_divide<Period, typename D::period>;
+  if constexpr (std::is_integral_v<Rep> && std::is_signed_v<Rep> && std::is_integral_v<typename D::rep> &&
+                std::is_signed_v<typename D::rep> && sizeof(Rep) <= sizeof(std::intmax_t) && R::den == 1) {
+    // t * num > headroom exactly when t > floor(headroom / num); else t * num fits.
+    if (static_cast<std::intmax_t>(t.count()) > static_cast<std::intmax_t>(headroom.count()) / R::num)
+      return TimePoint::max();
+    const D dt(static_cast<typename D::rep>(static_cast<std::intmax_t>(t.count()) * R::num));
+    return dt >= headroom ? TimePoint::max() : now + dt;
+  }
   if (wide(t) >= wide(headroom)) return TimePoint::max();
   D dt;
   if constexpr (std::chrono::treat_as_floating_point_v<Rep> || std::chrono::treat_as_floating_point_v<typename D::rep>)
@@ -328,6 +341,7 @@ template <class TimePoint, class Clock, class D2>
 [[nodiscard]] TimePoint saturating_cast(std::chrono::time_point<Clock, D2> d) noexcept {
   using D = typename TimePoint::duration;
   using wide = std::chrono::duration<long double>;
+  if constexpr (std::is_same_v<D2, D>) return d;  // the clock's own time_point: nothing to convert
   if (wide(d.time_since_epoch()) >= wide(TimePoint::max().time_since_epoch())) return TimePoint::max();
   if (wide(d.time_since_epoch()) <= wide(TimePoint::min().time_since_epoch())) return TimePoint::min();
   if constexpr (std::chrono::treat_as_floating_point_v<typename D2::rep> ||
