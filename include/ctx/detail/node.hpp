@@ -233,11 +233,13 @@ inline void retire(cancel_node* c) noexcept {
 
 /// Blocks until `bit` (st_done or st_settled) is set in c's state word.
 ///
-/// The waiter sets st_waiters under c's mutex: the write that sets `bit`
-/// either is a store under that mutex (mark_locked), which then sees the flag
-/// and keeps it, or a read-modify-write (settle), which sees it too. So the
-/// writer wakes the waiter, or the waiter sees `bit`; the kernel re-checks
-/// the word before sleeping, so a write in between is never missed.
+/// The waiter sets st_waiters (and st_busy) under c's mutex: the write that
+/// sets `bit` either is a store under that mutex (mark_locked), which then
+/// sees the flag and keeps it, or a read-modify-write (settle), which sees it
+/// too; cancel's lock-free compare-and-swap expects a word of 0, so it fails
+/// once the flags are set. So the writer wakes the waiter, or the waiter sees
+/// `bit`; the kernel re-checks the word before sleeping, so a write in
+/// between is never missed.
 inline void wait_state(cancel_node* c, std::uint32_t bit) noexcept {
   for (;;) {
     if (c->state.load(std::memory_order_acquire) & bit) return;
@@ -324,8 +326,9 @@ inline void fire_hooks(cancel_node* n) noexcept {
       // thread frees `rec` only after this thread stopped touching it.
       tiny_lock lock(n->mtx);
       rec->destroyed = nullptr;
-      // seq_cst: ordered before notify_all()'s check for waiters, which
-      // std::atomic::wait's protocol needs (the unlock is a plain store).
+      // seq_cst: ordered before notify_all()'s seq_cst check for waiters, as
+      // std::atomic::wait's protocol needs (a release store may be reordered
+      // after that load, and the waiter in registration::reset be missed).
       rec->st.store(callback_rec::finished, std::memory_order_seq_cst);
       rec->st.notify_all();
     }
