@@ -34,6 +34,19 @@ void run_threads(unsigned n, F&& f) {
   for (unsigned i = 0; i < n; ++i) threads.emplace_back([&f, i] { f(i); });
 }
 
+/// Runs `on_thread` on a new thread and `here` on this one, released at the
+/// same moment; returns when both have returned.
+template <class A, class B>
+void at_once(A&& on_thread, B&& here) {
+  std::latch start(2);
+  std::jthread t([&] {
+    start.arrive_and_wait();
+    on_thread();
+  });
+  start.arrive_and_wait();
+  here();
+}
+
 /// A tree of `width`^`depth` contexts below `root`, with a handle for each.
 struct tree {
   std::vector<ctx::context> contexts;
@@ -131,15 +144,11 @@ TEST_CASE("fast path: a leaf cancelled by its handle and by its parent at once",
       kids.push_back(std::move(c));
       handles.push_back(std::move(h));
     }
-    std::latch start(2);
-    {
-      std::jthread t([&] {
-        start.arrive_and_wait();
-        for (auto& h : handles) h();
-      });
-      start.arrive_and_wait();
-      cancel(P);
-    }
+    at_once(
+        [&] {
+          for (auto& h : handles) h();
+        },
+        [&] { cancel(P); });
     for (const auto& c : kids) {
       CHECK(c.err() == ctx::errc::canceled);
       const std::error_code cause = c.cause();
@@ -154,16 +163,8 @@ TEST_CASE("fast path: after_func registered while the leaf is cancelled runs exa
     auto& c = c_cancel.context;
     auto& cancel = c_cancel.cancel;
     std::atomic<int> ran{0};
-    std::latch start(2);
     ctx::registration reg;
-    {
-      std::jthread t([&] {
-        start.arrive_and_wait();
-        reg = ctx::after_func(c, [&] { ran.fetch_add(1); });
-      });
-      start.arrive_and_wait();
-      cancel();
-    }
+    at_once([&] { reg = ctx::after_func(c, [&] { ran.fetch_add(1); }); }, [&] { cancel(); });
     CHECK(ran == 1);
   }
 }
@@ -173,15 +174,11 @@ TEST_CASE("fast path: a thread entering wait() while the leaf is cancelled wakes
     auto c_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
     auto& c = c_cancel.context;
     auto& cancel = c_cancel.cancel;
-    std::latch start(2);
-    {
-      std::jthread t([&] {
-        start.arrive_and_wait();
-        c.wait();  // hangs the test if the cancel missed this waiter
-      });
-      start.arrive_and_wait();
-      cancel();
-    }
+    at_once(
+        [&] {
+          c.wait();  // hangs the test if the cancel missed this waiter
+        },
+        [&] { cancel(); });
     CHECK(c.done());
   }
 }
@@ -191,19 +188,15 @@ TEST_CASE("fast path: a child derived while its leaf parent is cancelled is done
     auto p_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
     auto& parent = p_cancel.context;
     auto& cancel = p_cancel.cancel;
-    std::latch start(2);
     ctx::context child;
     ctx::cancel_handle child_cancel;
-    {
-      std::jthread t([&] {
-        start.arrive_and_wait();
-        auto [c, h] = ctx::with_cancel(parent);
-        child = std::move(c);
-        child_cancel = std::move(h);
-      });
-      start.arrive_and_wait();
-      cancel();
-    }
+    at_once(
+        [&] {
+          auto [c, h] = ctx::with_cancel(parent);
+          child = std::move(c);
+          child_cancel = std::move(h);
+        },
+        [&] { cancel(); });
     CHECK(child.done());
     CHECK(child.cause() == ctx::errc::canceled);
   }
@@ -233,16 +226,8 @@ TEST_CASE("after_func stop versus cancel: exactly one of them wins", "[race][aft
     auto& cancel = c_cancel.cancel;
     std::atomic<int> ran{0};
     auto reg = ctx::after_func(c, [&] { ran.fetch_add(1); });
-    std::latch start(2);
     bool stopped = false;
-    {
-      std::jthread t([&] {
-        start.arrive_and_wait();
-        cancel();
-      });
-      start.arrive_and_wait();
-      stopped = reg.stop();
-    }
+    at_once([&] { cancel(); }, [&] { stopped = reg.stop(); });
     CHECK(ran + (stopped ? 1 : 0) == 1);
   }
 }
@@ -297,15 +282,8 @@ TEST_CASE("a callback of a child cancels the parent while another thread cancels
     auto [child, cc] = ctx::with_cancel(parent);
     auto [grand, gc] = ctx::with_cancel(child);
     auto reg = ctx::after_func(child, [&pc] { pc(P); });
-    std::latch start(2);
-    {
-      std::jthread a([&] {
-        start.arrive_and_wait();
-        pc();
-      });
-      start.arrive_and_wait();
-      cc();
-    }
+    const ctx::cancel_handle& child_cancel = cc;  // clang 14 cannot capture structured bindings
+    at_once([&] { pc(); }, [&] { child_cancel(); });
     CHECK(parent.done());
     CHECK(grand.done());
   }
@@ -347,16 +325,8 @@ TEST_CASE("stop tokens asked for while the context is being cancelled are all st
     auto c_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
     auto& c = c_cancel.context;
     auto& cancel = c_cancel.cancel;
-    std::latch start(2);
     std::stop_token tok;
-    {
-      std::jthread t([&] {
-        start.arrive_and_wait();
-        tok = c.stop_token();
-      });
-      start.arrive_and_wait();
-      cancel();
-    }
+    at_once([&] { tok = c.stop_token(); }, [&] { cancel(); });
     CHECK(tok.stop_requested());
   }
 }

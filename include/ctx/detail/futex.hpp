@@ -27,10 +27,10 @@ inline void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected)
   ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
 }
 
-/// Wakes up to `n` threads sleeping in futex_wait on `word`. The kernel orders
-/// it after every store this thread made before (a full barrier on entry).
-inline void futex_wake(std::atomic<std::uint32_t>& word, int n) noexcept {
-  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAKE_PRIVATE, n, nullptr, nullptr, 0);
+/// Wakes every thread sleeping in futex_wait on `word`. The kernel orders it
+/// after every store this thread made before (a full barrier on entry).
+inline void futex_wake_all(std::atomic<std::uint32_t>& word) noexcept {
+  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
 }
 
 #else  // portable fallback: std::atomic wait/notify
@@ -39,15 +39,11 @@ inline void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected)
   word.wait(expected, std::memory_order_relaxed);
 }
 
-inline void futex_wake(std::atomic<std::uint32_t>& word, int n) noexcept {
+inline void futex_wake_all(std::atomic<std::uint32_t>& word) noexcept {
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (n == 1) word.notify_one();
-  else word.notify_all();
+  word.notify_all();
 }
 
 #endif
-
-/// futex_wake for every sleeper.
-inline void futex_wake_all(std::atomic<std::uint32_t>& word) noexcept { futex_wake(word, INT_MAX); }
 
 }  // namespace ctx::detail

@@ -262,9 +262,10 @@ inline void wake_state_waiters(cancel_node* c, std::uint32_t s) noexcept {
 inline void wait_settled(cancel_node* c) noexcept { wait_state(c, st_settled); }
 
 /// Marks `n` done; its children move onto `work` (each with a reference).
-/// Precondition: n->mtx held, n not done, and claim_locked(n) called (so no
-/// fast path can mark it meanwhile: the plain store below is the only write).
-inline void mark_locked(cancel_node* n, std::uint32_t done_bits, const std::error_code& cause,
+/// Precondition: n->mtx held, and `claimed` is what claim_locked(n) returned,
+/// without st_done (so no fast path can mark `n` meanwhile, nor can any other
+/// writer change the word: the plain store below is the only write).
+inline void mark_locked(cancel_node* n, std::uint32_t claimed, std::uint32_t done_bits, const std::error_code& cause,
                         cancel_node*& work) noexcept {
   // Hooks added after this point see st_done and run themselves (stop_token()
   // makes a stopped source, after_func runs f at once): fire() need only look
@@ -274,8 +275,7 @@ inline void mark_locked(cancel_node* n, std::uint32_t done_bits, const std::erro
   // A leaf is settled as soon as it is done: no child can be linked to a done
   // node (link_to_parent makes it born done), so settle() skips its RMW.
   const std::uint32_t leaf = n->first_child ? 0 : st_settled;
-  const std::uint32_t flags = n->state.load(std::memory_order_relaxed) & st_flags;
-  n->state.store(done_bits | leaf | flags, std::memory_order_release);
+  n->state.store(done_bits | leaf | (claimed & st_flags), std::memory_order_release);
   for (cancel_node* c = n->first_child; c;) {
     cancel_node* next = c->next_sib;
     c->linked = false;
@@ -287,6 +287,15 @@ inline void mark_locked(cancel_node* n, std::uint32_t done_bits, const std::erro
     c = next;
   }
   n->first_child = nullptr;
+}
+
+/// Cancel's lock-free path: marks `c` done and settled if its state word is
+/// still 0 (live, nothing attached, no waiter; see st_busy). Only for a cause
+/// that stays empty: `c`'s cause is not written. On failure, `s` holds the word.
+[[nodiscard]] inline bool try_mark_bare(cancel_node* c, std::uint32_t done_bits, std::uint32_t& s) noexcept {
+  s = 0;
+  return c->state.compare_exchange_strong(s, done_bits | st_settled, std::memory_order_acq_rel,
+                                          std::memory_order_acquire);
 }
 
 /// Called by the cancel that marked `n`, the only writer of a done node's state.
@@ -361,8 +370,7 @@ inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noex
   // Fast path: nothing attached (no child, callback, stop source, waiter,
   // timer) and no cause to record: one compare-and-swap, no mutex.
   if (rs == 0 && cause && !*cause) {
-    if (root->state.compare_exchange_strong(rs, done_state(e) | st_settled, std::memory_order_acq_rel,
-                                            std::memory_order_acquire)) {
+    if (try_mark_bare(root, done_state(e), rs)) {
       unlink_from_parent(root);
       return;  // nothing to fire: plain nodes have no on_cancel, and nothing was attached
     }
@@ -370,13 +378,14 @@ inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noex
   }
   cancel_node* work = nullptr;
   root->mtx.lock();
-  if (claim_locked(root) & st_done) {
+  rs = claim_locked(root);
+  if (rs & st_done) {
     root->mtx.unlock();
     wait_settled(root);
     return;
   }
   const std::error_code final_cause = cause ? *cause : root->cause_;
-  mark_locked(root, done_state(e), final_cause, work);
+  mark_locked(root, rs, done_state(e), final_cause, work);
   root->mtx.unlock();
   if (!work) {  // no child to mark (the common `cancel()` of a request's own context)
     settle(root);
@@ -406,21 +415,20 @@ inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noex
     cancel_node* c = work;
     work = c->next_sib;
     // A plain leaf with nothing attached: the same fast path as above.
-    if (std::uint32_t cs = c->state.load(std::memory_order_acquire); cs == 0 && !final_cause) {
-      if (c->state.compare_exchange_strong(cs, bits | st_settled, std::memory_order_acq_rel,
-                                           std::memory_order_acquire)) {
-        drop_later(c);
-        continue;
-      }
+    std::uint32_t cs;
+    if (!final_cause && c->state.load(std::memory_order_relaxed) == 0 && try_mark_bare(c, bits, cs)) {
+      drop_later(c);
+      continue;
     }
     c->mtx.lock();
-    if (claim_locked(c) & st_done) {
+    cs = claim_locked(c);
+    if (cs & st_done) {
       c->mtx.unlock();
       wait_settled(c);
       drop_later(c);
       continue;
     }
-    mark_locked(c, bits, final_cause, work);
+    mark_locked(c, cs, bits, final_cause, work);
     c->mtx.unlock();
     if (const std::uint32_t s = c->state.load(std::memory_order_relaxed); s & st_settled) {  // a leaf: settled when marked
       wake_state_waiters(c, s);
