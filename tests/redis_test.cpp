@@ -434,6 +434,19 @@ TEST_CASE("a server error reply keeps the connection ready", "[redis]") {
   CHECK(str(conn.command(c, "GET", "str:wrongtype")) == "v");
 }
 
+// Regression: an empty command was sent as "*0\r\n", which the server
+// answers with nothing, and the call waited for a reply until its deadline.
+TEST_CASE("an empty command is refused without sending anything", "[redis]") {
+  auto conn = open(test::shared_redis());
+  auto [c, cancel] = ctx::with_timeout(ctx::background(), 1s);
+  const auto r = conn.command_argv(c, std::span<const std::string_view>{});
+  CHECK(r.error() == ctx::redis::errc::other);
+  CHECK(!r.sent());
+  CHECK(!c.done());
+  CHECK(conn.state() == connection_state::ready);
+  CHECK(str(conn.command(c, "ECHO", "after")) == "after");
+}
+
 TEST_CASE("the error categories tell client errors from server error replies", "[redis]") {
   CHECK(std::string(ctx::redis::category().name()) == "hiredis");
   CHECK(std::string(ctx::redis::server_category().name()) == "redis");

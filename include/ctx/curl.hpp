@@ -324,6 +324,9 @@ std::error_code drive(const basic_context<Clock>& c, CURLM* multi, std::span<CUR
     }
     int still_running = 0;
     CURLMcode mc = curl_multi_perform(multi, &still_running);
+    // Every transfer that completed in this round keeps its result, also
+    // one whose message comes after a failure's.
+    bool failed_now = false;
     int queued = 0;
     while (CURLMsg* msg = curl_multi_info_read(multi, &queued)) {
       if (msg->msg != CURLMSG_DONE) continue;
@@ -340,10 +343,11 @@ std::error_code drive(const basic_context<Clock>& c, CURLM* multi, std::span<CUR
       results[i] = e;
       if (e) {
         fail(e);
-        // A failure because the context is done is handled at the top of the loop.
-        if (cancel_rest && !c.done()) stop_rest(ctx::errc::canceled);
+        failed_now = true;
       }
     }
+    // A failure because the context is done is handled at the top of the loop.
+    if (failed_now && cancel_rest && !c.done()) stop_rest(ctx::errc::canceled);
     if (left == 0) break;
     // curl waits no longer than its own next timeout; a stop request wakes it.
     if (mc == CURLM_OK) mc = curl_multi_poll(multi, nullptr, 0, INT_MAX, nullptr);

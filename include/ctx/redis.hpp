@@ -256,7 +256,8 @@ class connection {
     return command_argv(c, argv);
   }
 
-  /// command() with the arguments in a span.
+  /// command() with the arguments in a span; an empty span is refused
+  /// (errc::other, nothing sent).
   template <class Clock>
   [[nodiscard]] reply command_argv(const basic_context<Clock>& c, std::span<const std::string_view> args);
 
@@ -613,6 +614,8 @@ reply connection::command_argv(const basic_context<Clock>& c, std::span<const st
   if (state_ == connection_state::reply_pending)
     return reply(nullptr, make_error_code(errc::reply_pending), false);
   if (c.done()) return reply(nullptr, c.err(), false);
+  if (args.empty())  // "*0\r\n": the server would answer nothing, and the call wait for its deadline
+    return reply(nullptr, make_error_code(errc::other), false, "a command needs at least one argument");
   const detail::formatted_command cmd(args);
   if (!cmd.data()) return reply(nullptr, make_error_code(errc::oom), false, "Out of memory");
 

@@ -40,7 +40,8 @@ namespace test {
 ///   /status/N       status N, body "status"
 ///   /stall-headers  reads the request, never answers
 ///   /stall-body     200 with Content-Length 1000000, sends "0123456789", then nothing
-///   /barrier/N      answers "hello" to all once N requests to /barrier/N are waiting
+///   /barrier/N[/S]  answers all at once when N requests to /barrier/N[/...] wait: status S
+///                   (default 200), body "hello"
 ///   /close          closes the connection without answering
 /// and silent_url(): a second listener whose connections are accepted and
 /// then never read from or answered.
@@ -120,7 +121,8 @@ class http_server {
     bool close_after_write = false;
     bool continued = false;  // "100 Continue" sent for the current request
     std::string in, out;
-    std::string barrier;  // the /barrier path it waits on, if any
+    std::string barrier;  // the /barrier/N group it waits in, if any
+    int barrier_status = 200;
   };
 
   static int listen_on_loopback(int& port) {
@@ -206,15 +208,18 @@ class http_server {
         k.out += "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000000\r\n\r\n0123456789";
         k.stalled = true;
       } else if (path.rfind("/barrier/", 0) == 0) {
-        k.barrier = path;
-        const auto want = std::strtoul(path.c_str() + 9, nullptr, 10);
+        char* end_n = nullptr;
+        const auto want = std::strtoul(path.c_str() + 9, &end_n, 10);
+        k.barrier = path.substr(0, static_cast<std::size_t>(end_n - path.c_str()));
+        k.barrier_status = *end_n == '/' ? static_cast<int>(std::strtol(end_n + 1, nullptr, 10)) : 200;
         std::size_t waiting = 0;
-        for (const conn& o : conns_) waiting += o.barrier == path;
+        for (const conn& o : conns_) waiting += o.barrier == k.barrier;
         if (waiting >= want) {
+          const std::string group = k.barrier;
           for (conn& o : conns_) {
-            if (o.barrier != path) continue;
+            if (o.barrier != group) continue;
             o.barrier.clear();
-            o.out += response(200, "hello");
+            o.out += response(o.barrier_status, "hello");
           }
         }
       } else if (path == "/close") {
