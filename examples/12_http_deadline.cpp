@@ -24,9 +24,10 @@ std::size_t collect(char* data, std::size_t size, std::size_t n, void* body) {
   return size * n;
 }
 
-/// GETs `url` with what is left of the request's time, but at most 300 ms.
-std::error_code call_upstream(const ctx::context& request, const std::string& url, std::string& body) {
-  auto [c, cancel] = ctx::with_timeout(request, 300ms);
+/// GETs `url` with what is left of the request's time, but at most `budget`.
+std::error_code call_upstream(const ctx::context& request, const std::string& url, std::string& body,
+                              std::chrono::milliseconds budget) {
+  auto [c, cancel] = ctx::with_timeout(request, budget);
   CURL* h = curl_easy_init();
   curl_easy_setopt(h, CURLOPT_URL, url.c_str());
   curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
@@ -49,17 +50,17 @@ int main() {
   auto* sa = reinterpret_cast<sockaddr*>(&addr);
   if (::bind(stuck, sa, len) != 0 || ::getsockname(stuck, sa, &len) != 0 || ::listen(stuck, 8) != 0) return 1;
 
-  auto [request, cancel] = ctx::with_timeout(ctx::background(), 2s);  // the incoming request's deadline
+  auto [request, cancel] = ctx::with_timeout(ctx::background(), 10s);  // the incoming request's deadline
   std::string body;
   const auto t0 = std::chrono::steady_clock::now();
   const std::error_code slow =
-      call_upstream(request, "http://127.0.0.1:" + std::to_string(ntohs(addr.sin_port)) + "/", body);
+      call_upstream(request, "http://127.0.0.1:" + std::to_string(ntohs(addr.sin_port)) + "/", body, 300ms);
   const auto ms =
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
   std::printf("stuck upstream: \"%s\" (%s) after %lld ms\n", slow.message().c_str(), slow.category().name(),
               static_cast<long long>(ms.count()));
 
-  const std::error_code unknown = call_upstream(request, "http://no-such-host.invalid/", body);
+  const std::error_code unknown = call_upstream(request, "http://no-such-host.invalid/", body, 5s);
   std::printf("unknown host:   \"%s\" (%s %d)\n", unknown.message().c_str(), unknown.category().name(),
               unknown.value());
 
