@@ -266,6 +266,54 @@ TEST_CASE("a deadline ends every kind of stall within 50 ms of it", "[curl][dead
   ctx::curl::thread_cleanup();
 }
 
+namespace {
+/// A listener whose accept queue is full (backlog 0, one connection waiting):
+/// the kernel drops further SYNs, so a connect to it stays in SYN_SENT.
+struct full_listener {
+  test::fd listener{::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+  test::fd filler{::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+  int port = 0;
+  full_listener() {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    REQUIRE(::bind(listener.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    REQUIRE(::listen(listener.get(), 0) == 0);
+    REQUIRE(::connect(filler.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    port = ntohs(a.sin_port);
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port) + "/"; }
+};
+}  // namespace
+
+TEST_CASE("a deadline and a cancel end a connect that never completes within 50 ms", "[curl][deadline]") {
+  full_listener full;
+  transfer t(full.url());
+  {
+    auto [c, cancel] = ctx::with_timeout(ctx::background(), 100ms);
+    const steady::time_point deadline = *c.deadline();
+    CHECK(ctx::curl::perform(c, t.h) == deadline_exceeded);
+    INFO("deadline -> return: " << test::ms(steady::now() - deadline) << " ms");
+    CHECK(test::within(steady::now() - deadline, 50ms));
+  }
+  {
+    auto [c, cancel] = ctx::with_cancel(ctx::background());
+    background_perform p(c, t.h);
+    REQUIRE(p.blocked());
+    const auto t0 = steady::now();
+    cancel();
+    p.join();
+    CHECK(p.result == canceled);
+    CHECK(test::within(p.returned - t0, 50ms));
+  }
+  t.set_url(server().url("/fast"));
+  CHECK(ctx::curl::perform(ctx::background(), t.h) == std::error_code{});
+  CHECK(t.body == "hello");
+  ctx::curl::thread_cleanup();
+}
+
 TEST_CASE("a manual clock deadline ends a stalled transfer when the clock is advanced", "[curl][deadline]") {
   no_cached_connections();
   transfer t(server().url("/stall-headers"));
