@@ -268,9 +268,9 @@ class connection {
   /// reply of the cancelled command (an item a BLPOP popped, the count a
   /// LPUSH returned) and makes the connection ready again. Also reads the
   /// messages of SUBSCRIBE/MONITOR. In the ready state with nothing to come,
-  /// it waits until `c` is done. When `c` ends it, the state is unchanged (a
-  /// reply partly read stays in the reader for the next call). Errors as
-  /// command(); sent() is false.
+  /// it waits until `c` is done. When `c` ends it, the state is unchanged,
+  /// unless part of a reply was read: then it is reply_pending, and the part
+  /// stays in the reader for the next call. Errors as command(); sent() is false.
   template <class Clock>
   [[nodiscard]] reply get_reply(const basic_context<Clock>& c);
 
@@ -580,6 +580,9 @@ inline connection::got connection::take(reply& out, bool sent) {
 template <class Clock>
 reply connection::read_reply(const basic_context<Clock>& c, io::detail::lazy_wake& wake, bool sent,
                              bool wait_first) {
+  // A cancelled call leaves the connection reply_pending when a reply is owed
+  // (the command was sent) or partly read (its start is in the reader).
+  bool partial = false;
   bool wait = wait_first;
   for (;;) {
     if (wait) {
@@ -592,17 +595,21 @@ reply connection::read_reply(const basic_context<Clock>& c, io::detail::lazy_wak
           const got g = take(late, sent);
           if (g == got::reply) return late;
           if (g == got::nothing) break;
+          partial = true;
         }
-        if (sent) state_ = connection_state::reply_pending;
+        if (sent || partial) state_ = connection_state::reply_pending;
         return reply(nullptr, e, sent);
       }
     }
     reply r;
     const got g = take(r, sent);
     if (g == got::reply) return r;
-    if (g == got::data && c.done()) {  // a long reply: stop between reads, keeping what was read
-      if (sent) state_ = connection_state::reply_pending;
-      return reply(nullptr, c.err(), sent);
+    if (g == got::data) {
+      partial = true;
+      if (c.done()) {  // a long reply: stop between reads, keeping what was read
+        state_ = connection_state::reply_pending;
+        return reply(nullptr, c.err(), sent);
+      }
     }
     wait = g == got::nothing;
   }
@@ -634,8 +641,10 @@ reply connection::command_argv(const basic_context<Clock>& c, std::span<const st
                   false);  // the server runs no half command
     }
     if (const std::error_code e = wake.wait(c, rc_->fd, POLLOUT)) {
+      if (off == 0)
+        return reply(nullptr, c.done() ? e : make_error_code(errc::io), false,
+                     c.done() ? std::string() : e.message());  // nothing sent: still ready
       if (!c.done()) return fail(make_error_code(errc::io), e.message(), false);
-      if (off == 0) return reply(nullptr, e, false);  // nothing sent: the connection stays ready
       // Half sent: close, so that the server drops the half it has and never runs it.
       (void)fail(make_error_code(errc::aborted), "a cancel interrupted sending a command", false);
       return reply(nullptr, e, false);
