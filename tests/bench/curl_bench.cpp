@@ -148,6 +148,26 @@ void BM_curl_get_ctx_perform(benchmark::State& state) {
 }
 BENCHMARK(BM_curl_get_ctx_perform)->Unit(benchmark::kMicrosecond);
 
+/// Both, in alternating pairs (see bench::measure_paired): the overhead row.
+/// Each has its own handle: perform() would drop the cache curl_easy_perform keeps in its handle.
+void BM_curl_get_paired(benchmark::State& state) {
+  CURL* plain = make_easy(server().url("/fast"));
+  CURL* ours = make_easy(server().url("/fast"));
+  auto [c, cancel] = ctx::with_cancel(ctx::background());
+  bench::measure_paired(
+      state,
+      [&] {
+        if (curl_easy_perform(plain) != CURLE_OK) std::abort();
+      },
+      [&, &c = c] {
+        if (ctx::curl::perform(c, ours)) std::abort();
+      });
+  curl_easy_cleanup(plain);
+  curl_easy_cleanup(ours);
+  ctx::curl::thread_cleanup();
+}
+BENCHMARK(BM_curl_get_paired)->Unit(benchmark::kMicrosecond);
+
 }  // namespace
 
 BENCHMARK_MAIN();

@@ -135,6 +135,33 @@ void BM_redis_lpush_ctx(benchmark::State& state) {
 }
 BENCHMARK(BM_redis_lpush_ctx)->Unit(benchmark::kMicrosecond);
 
+/// Both, in alternating pairs (see bench::measure_paired): the overhead
+/// row, against redisCommand (`Argv` false) or redisCommandArgv (true).
+template <bool Argv>
+void BM_redis_lpush_paired(benchmark::State& state) {
+  redisContext* rc = redisConnectUnix(test::shared_redis().socket_path().c_str());
+  if (!rc || rc->err) std::abort();
+  auto conn = open();
+  auto [c, cancel] = ctx::with_cancel(ctx::background());
+  const char* argv[] = {"LPUSH", "bench:list", "job"};
+  const std::size_t len[] = {5, 10, 3};
+  bench::measure_paired(
+      state,
+      [&] {
+        void* r =
+            Argv ? redisCommandArgv(rc, 3, argv, len) : redisCommand(rc, "LPUSH %s %s", "bench:list", "job");
+        if (!r) std::abort();
+        freeReplyObject(r);
+      },
+      [&, &c = c] {
+        if (conn.command(c, "LPUSH", "bench:list", "job").error()) std::abort();
+      });
+  freeReplyObject(redisCommand(rc, "DEL bench:list"));
+  redisFree(rc);
+}
+BENCHMARK(BM_redis_lpush_paired<false>)->Name("BM_redis_lpush_paired")->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_redis_lpush_paired<true>)->Name("BM_redis_lpush_paired_argv")->Unit(benchmark::kMicrosecond);
+
 }  // namespace
 
 BENCHMARK_MAIN();

@@ -101,4 +101,33 @@ void measure_wake(benchmark::State& state, Round& round) {
   state.counters["p99_ns"] = percentile(lat, 0.99);
 }
 
+/// The overhead of `ours` over `plain`, two calls that do the same work,
+/// measured in pairs (the order alternating) so that the load of a shared
+/// machine hits both alike. Counters: plain_p50_ns, ctx_p50_ns and
+/// overhead_pct = ctx_p50 / plain_p50 - 1 in percent; the reported time is
+/// the mean of a pair.
+template <class Plain, class Ours>
+void measure_paired(benchmark::State& state, Plain plain, Ours ours) {
+  std::vector<double> p, o;
+  bool plain_first = true;
+  for (auto _ : state) {
+    for (int k = 0; k < 2; ++k) {
+      const bool run_plain = (k == 0) == plain_first;
+      const auto t0 = std::chrono::steady_clock::now();
+      if (run_plain)
+        plain();
+      else
+        ours();
+      const double ns =
+          std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count();
+      (run_plain ? p : o).push_back(ns);
+    }
+    plain_first = !plain_first;
+  }
+  const double pm = percentile(p, 0.5), om = percentile(o, 0.5);
+  state.counters["plain_p50_ns"] = pm;
+  state.counters["ctx_p50_ns"] = om;
+  state.counters["overhead_pct"] = pm > 0 ? (om / pm - 1) * 100 : 0;
+}
+
 }  // namespace bench
