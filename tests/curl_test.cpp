@@ -437,7 +437,8 @@ TEST_CASE("a deadline and a cancel end a slow name resolution", "[curl][deadline
   a.sin_port = htons(53);
   ::inet_pton(AF_INET, ns.c_str(), &a.sin_addr);
   if (::bind(dns.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    std::fprintf(stderr, "SKIPPED: cannot bind %s:53 for a silent DNS server (needs root)\n", ns.c_str());
+    std::fprintf(stderr, "SKIPPED: cannot bind %s:53 for a silent DNS server: %s (needs root)\n", ns.c_str(),
+                 std::strerror(errno));
     std::_Exit(77);
   }
   char dir[] = "/tmp/ctx-curl-dns-XXXXXX";
