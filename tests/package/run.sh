@@ -13,6 +13,8 @@ for mode in find_package subdirectory fetchcontent; do
         -DCMAKE_PREFIX_PATH="$work/prefix" -DCTX_SOURCE_DIR="$src" >/dev/null
   cmake --build "$work/$mode" >/dev/null
   "$work/$mode/consumer"
-  if [ -x "$work/$mode/consumer_fmt" ]; then "$work/$mode/consumer_fmt"; fi
+  for opt in fmt curl redis; do
+    if [ -x "$work/$mode/consumer_$opt" ]; then "$work/$mode/consumer_$opt"; fi
+  done
   echo "package: $mode ok"
 done
