@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// ctx benchmarks: the operations of DESIGN.md's performance budget, plus the
+// ctx benchmarks: the operations of docs/design.md's performance budget, plus the
 // raw wake-ups they are judged against (the std::stop_source and atomic-load
 // floors are in floor_bench.cpp).
 // tests/bench/go/ has the same operations against Go's context package;
@@ -402,7 +402,7 @@ BENCHMARK(BM_floor_wake)->UseManualTime()->Iterations(2000);
 /// Deadline lateness: 500 probe timeouts (0.1 ms .. 50 ms apart) fire among
 /// 100k pending one-hour timeouts; lateness is the time from a probe's
 /// deadline to its after_func running on the timer thread. Counters p50_ns,
-/// p99_ns (DESIGN.md: p99 <= 2 ms).
+/// p99_ns (docs/design.md: p99 <= 2 ms).
 void BM_deadline_lateness_100k(benchmark::State& state) {
   constexpr int pending = 100'000;
   constexpr int probes = 500;
@@ -439,7 +439,7 @@ void BM_deadline_lateness_100k(benchmark::State& state) {
 BENCHMARK(BM_deadline_lateness_100k)->Iterations(3)->Unit(benchmark::kMillisecond);
 
 // --- adapters: cancel -> a blocked adapter returns, against the same wait
-// woken without ctx (DESIGN.md: p50 <= 2x the raw wake-up, p99 <= 500 us).
+// woken without ctx (docs/design.md: p50 <= 2x the raw wake-up, p99 <= 500 us).
 
 /// ctx::wait on a std::condition_variable_any, woken by a cancel.
 struct ctx_cv_round : ctx_round {
