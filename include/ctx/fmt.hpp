@@ -113,9 +113,9 @@ struct fmt::formatter<ctx::errc> : fmt::formatter<std::string_view> {
 #if FMT_VERSION < 80000
 /// Formats `std::error_code` as `category:value`, like its operator<< and
 /// like the formatter that fmt 8 and later ship (which is used instead).
-template <class Char>
-struct fmt::formatter<std::error_code, Char> {
-  constexpr auto parse(fmt::basic_format_parse_context<Char>& pc) { return pc.begin(); }
+template <>
+struct fmt::formatter<std::error_code> {
+  constexpr auto parse(fmt::format_parse_context& pc) { return pc.begin(); }
   template <class FormatContext>
   auto format(const std::error_code& e, FormatContext& fc) const {
     return fmt::format_to(fc.out(), "{}:{}", e.category().name(), e.value());
