@@ -24,8 +24,9 @@ std::error_code query_database(const ctx::context& c) {
 }
 
 std::error_code handle_request(const ctx::context& c) {
-  std::printf("[%s] handling, %lld ms left\n", c.value(trace_id)->c_str(),
-              static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(c.remaining()).count()));
+  std::printf(
+      "[%s] handling, %lld ms left\n", c.value(trace_id)->c_str(),
+      static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(c.remaining()).count()));
   return query_database(c);
 }
 
@@ -36,8 +37,9 @@ int main() {
 
   const std::error_code err = handle_request(c);
 
-  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
-  std::printf("[%s] returned after %lld ms: %s\n", c.value(trace_id)->c_str(), static_cast<long long>(took.count()),
-              err.message().c_str());
+  const auto took =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+  std::printf("[%s] returned after %lld ms: %s\n", c.value(trace_id)->c_str(),
+              static_cast<long long>(took.count()), err.message().c_str());
   return err == ctx::errc::deadline_exceeded && took < 10s ? 0 : 1;
 }

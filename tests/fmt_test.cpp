@@ -1,8 +1,13 @@
 // SPDX-License-Identifier: MIT
 #include <ctx/fmt.hpp>
 #include <ctx/testing.hpp>
+// Included after <ctx/fmt.hpp>: its formatter of std::error_code must not clash with one {fmt} ships.
+#include <fmt/os.h>
+#include <fmt/std.h>
 
+#include <sstream>
 #include <string>
+#include <system_error>
 
 #include "support/catch.hpp"
 
@@ -42,4 +47,16 @@ TEST_CASE("errc prints its message and honours string specs", "[fmt]") {
 
 TEST_CASE("a context rejects format specs", "[fmt]") {
   CHECK_THROWS_AS(fmt::format(fmt::runtime("{:x}"), ctx::background()), fmt::format_error);
+}
+
+TEST_CASE("an error_code from any API formats as its operator<< prints it", "[fmt]") {
+  auto [c, cancel] = ctx::with_cancel(ctx::background());
+  cancel();
+  const std::error_code errors[] = {c.err(), ctx::errc::deadline_exceeded, {9, std::system_category()}, {}};
+  for (const std::error_code& e : errors) {
+    std::ostringstream os;
+    os << e;
+    CHECK(fmt::format("{}", e) == os.str());
+  }
+  CHECK(fmt::format("{}", c.err()) == "ctx:1");
 }

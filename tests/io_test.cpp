@@ -17,6 +17,7 @@
 #include <csignal>
 #include <cstddef>
 #include <cstring>
+#include <future>
 #include <latch>
 #include <memory>
 #include <optional>
@@ -297,6 +298,145 @@ TEST_CASE("a bad fd is EBADF", "[io][errors]") {
     CHECK(ctx::io::read(ctx::background(), f, buf).error() == sys(EBADF));
   }
   CHECK(ctx::io::recv(c, p.b.get(), buf).error() == sys(ENOTSOCK));
+}
+
+// --- a closed fd: EBADF in every order of events -------------------------------------
+//
+// The thread's wake-up eventfd is made on its first wait and takes the lowest
+// free fd number, which may be the one the caller just closed. A call on that
+// number must still be EBADF: never a wait on ctx's own eventfd (until the
+// deadline, or forever without one), never a read or write of it.
+
+namespace {
+
+/// Every call of <ctx/io.hpp> on `fd`, by name; each returns its error.
+struct io_call {
+  const char* name;
+  std::error_code (*run)(const ctx::context&, int);
+};
+
+const io_call every_io_call[] = {
+    {"wait_readable", [](const ctx::context& c, int f) { return ctx::io::wait_readable(c, f); }},
+    {"wait_writable", [](const ctx::context& c, int f) { return ctx::io::wait_writable(c, f); }},
+    {"read",
+     [](const ctx::context& c, int f) {
+       std::byte buf[8];
+       return ctx::io::read(c, f, buf).error();
+     }},
+    {"write",
+     [](const ctx::context& c, int f) { return ctx::io::write(c, f, as_bytes("12345678")).error(); }},
+    {"recv",
+     [](const ctx::context& c, int f) {
+       std::byte buf[8];
+       return ctx::io::recv(c, f, buf).error();
+     }},
+    {"send", [](const ctx::context& c, int f) { return ctx::io::send(c, f, as_bytes("12345678")).error(); }},
+    {"accept", [](const ctx::context& c, int f) { return ctx::io::accept(c, f).error(); }},
+    {"connect",
+     [](const ctx::context& c, int f) {
+       sockaddr_in to{};  // never reached: the fd is the problem
+       to.sin_family = AF_INET;
+       to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+       to.sin_port = htons(9);
+       return ctx::io::connect(c, f, reinterpret_cast<const sockaddr*>(&to), sizeof to);
+     }},
+};
+
+/// Closes a fresh pipe and returns the read end's number: the lowest free fd,
+/// which the next fd this process makes takes (this test is single-threaded
+/// but for the threads it starts, and those make no fd but the eventfd).
+int closed_lowest_fd() {
+  auto p = test::make_pipe();
+  const int n = p.a.get();
+  p.a.reset();
+  p.b.reset();
+  return n;
+}
+
+/// Runs `f` on a new thread, which has no wake-up eventfd yet, and returns
+/// its result. Should `f` hang waiting on ctx's own eventfd at number
+/// `release` (the bug under test), it is released by writes to that fd
+/// every 2 s, so that the test fails instead of hanging.
+template <class F>
+auto on_new_thread(int release, F f) {
+  std::promise<decltype(f())> out;
+  auto result = out.get_future();
+  std::thread t([&] { out.set_value(f()); });
+  while (result.wait_for(2s) != std::future_status::ready) {
+    const std::uint64_t one = 1;
+    (void)!::write(release, &one, sizeof one);
+  }
+  t.join();
+  return result.get();
+}
+
+}  // namespace
+
+TEST_CASE("a closed fd is EBADF when the call's own wake-up fd takes its number", "[io][errors][wake]") {
+  for (const io_call& call : every_io_call) {
+    INFO(call.name);
+    const int closed = closed_lowest_fd();
+    const auto [e, wake_fd] = on_new_thread(closed, [&] {
+      auto [c, cancel] = ctx::with_cancel(ctx::background());
+      const std::error_code r = call.run(c, closed);
+      return std::pair(r, ctx::detail::this_thread_wake_fd_holder().fd);
+    });
+    CHECK(e == sys(EBADF));
+    // The calls that wait before any system call on the fd made the eventfd, and it took the number.
+    if (wake_fd >= 0) CHECK(wake_fd == closed);
+  }
+}
+
+TEST_CASE("a closed fd is EBADF when the thread's wake-up fd took its number before", "[io][errors][wake]") {
+  auto p = test::make_pipe();
+  const int closed = closed_lowest_fd();
+  const auto results = on_new_thread(closed, [&] {
+    std::vector<std::pair<std::string, std::error_code>> r;
+    auto [c, cancel] = ctx::with_cancel(ctx::background());
+    if (ctx::io::wait_writable(c, p.b.get())) return r;  // makes the eventfd
+    r.emplace_back("the wake-up fd took the closed number",
+                   ctx::detail::this_thread_wake_fd_holder().fd == closed ? std::error_code{} : sys(EBADF));
+    for (const io_call& call : every_io_call) {
+      r.emplace_back(std::string(call.name) + " on a cancellable context", call.run(c, closed));
+      r.emplace_back(std::string(call.name) + " on background()", call.run(ctx::background(), closed));
+    }
+    // Nothing wrote to or read from the eventfd: a cancel still wakes a blocked read.
+    std::uint64_t v;
+    r.emplace_back("the eventfd is untouched",
+                   ::read(closed, &v, sizeof v) == -1 && errno == EAGAIN ? std::error_code{} : sys(EBADF));
+    auto [c2, cancel2] = ctx::with_timeout(ctx::background(), 10ms);
+    std::byte buf[1];
+    r.emplace_back(
+        "a deadline still wakes a read",
+        ctx::io::read(c2, p.a.get(), buf).error() == deadline_exceeded ? std::error_code{} : sys(EBADF));
+    return r;
+  });
+  REQUIRE(results.size() == 2 + 2 * std::size(every_io_call) + 1);
+  for (const auto& [what, e] : results) {
+    INFO(what);
+    if (what.find(" on ") != std::string::npos)
+      CHECK(e == sys(EBADF));
+    else
+      CHECK(e == std::error_code{});
+  }
+}
+
+TEST_CASE("a closed fd is EBADF when the thread's wake-up fd has another number", "[io][errors][wake]") {
+  auto p = test::make_pipe();
+  const auto results = on_new_thread(-1, [&] {
+    std::vector<std::error_code> r;
+    auto [c, cancel] = ctx::with_cancel(ctx::background());
+    (void)ctx::io::wait_writable(c, p.b.get());  // makes the eventfd
+    const int closed = closed_lowest_fd();       // now a number the eventfd does not have
+    if (closed == ctx::detail::this_thread_wake_fd_holder().fd) return r;
+    for (const io_call& call : every_io_call) {
+      r.push_back(call.run(c, closed));
+      r.push_back(call.run(ctx::background(), closed));
+    }
+    return r;
+  });
+  REQUIRE(results.size() == 2 * std::size(every_io_call));
+  for (const auto& e : results) CHECK(e == sys(EBADF));
 }
 
 // --- writes ----------------------------------------------------------------------------

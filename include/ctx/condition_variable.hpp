@@ -37,7 +37,7 @@ namespace ctx {
 /// context may be cancelled by a thread that holds `lock`'s mutex. Throws
 /// what `pred` throws, and std::bad_alloc (stop state of `c`).
 template <class Clock, class Lock, class Predicate>
-  requires std::predicate<Predicate&>
+requires std::predicate<Predicate&>
 bool wait(const basic_context<Clock>& c, std::condition_variable_any& cv, Lock& lock, Predicate pred);
 
 /// Waits on a `std::condition_variable` until `pred()` is true or `c` is done; returns `pred()`.
@@ -67,7 +67,7 @@ bool wait(const basic_context<Clock>& c, std::condition_variable_any& cv, Lock& 
 /// Throws what `pred` throws, and std::bad_alloc (the registration); the
 /// lock is held when it throws.
 template <class Clock, class Predicate>
-  requires std::predicate<Predicate&>
+requires std::predicate<Predicate&>
 bool wait(const basic_context<Clock>& c, std::condition_variable& cv, std::unique_lock<std::mutex>& lock,
           Predicate pred);
 
@@ -75,7 +75,7 @@ bool wait(const basic_context<Clock>& c, std::condition_variable& cv, std::uniqu
 // Implementation.
 
 template <class Clock, class Lock, class Predicate>
-  requires std::predicate<Predicate&>
+requires std::predicate<Predicate&>
 bool wait(const basic_context<Clock>& c, std::condition_variable_any& cv, Lock& lock, Predicate pred) {
   if (c.done()) return static_cast<bool>(pred());
   return cv.wait(lock, c.stop_token(), std::move(pred));
@@ -126,7 +126,7 @@ class cv_waker_guard {
 }  // namespace detail
 
 template <class Clock, class Predicate>
-  requires std::predicate<Predicate&>
+requires std::predicate<Predicate&>
 bool wait(const basic_context<Clock>& c, std::condition_variable& cv, std::unique_lock<std::mutex>& lock,
           Predicate pred) {
   if (c.done()) return static_cast<bool>(pred());

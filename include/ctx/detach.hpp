@@ -59,8 +59,9 @@ template <class Clock, class Rep, class Period>
 ///   }
 /// \endcode
 template <class Clock, class Rep, class Period, class F>
-  requires std::invocable<std::decay_t<F>&, const basic_context<Clock>&>
-void detach(const basic_context<Clock>& c, std::chrono::duration<Rep, Period> timeout, F&& f);
+requires std::invocable < std::decay_t<F>
+&, const basic_context<Clock>& >
+       void detach(const basic_context<Clock>& c, std::chrono::duration<Rep, Period> timeout, F&& f);
 
 // ---------------------------------------------------------------------------
 // Implementation.
@@ -87,8 +88,9 @@ derived<Clock> detached_context(const basic_context<Clock>& c, std::chrono::dura
 }
 
 template <class Clock, class Rep, class Period, class F>
-  requires std::invocable<std::decay_t<F>&, const basic_context<Clock>&>
-void detach(const basic_context<Clock>& c, std::chrono::duration<Rep, Period> timeout, F&& f) {
+requires std::invocable < std::decay_t<F>
+&, const basic_context<Clock>& >
+       void detach(const basic_context<Clock>& c, std::chrono::duration<Rep, Period> timeout, F&& f) {
   std::thread(detail::detached_work<Clock, std::decay_t<F>>{std::decay_t<F>(static_cast<F&&>(f)),
                                                             detached_context(c, timeout)})
       .detach();

@@ -53,16 +53,20 @@ class ctx_category final : public std::error_category {
 
   [[nodiscard]] std::string message(int value) const override {
     switch (static_cast<errc>(value)) {
-      case errc::canceled: return "context canceled";
-      case errc::deadline_exceeded: return "context deadline exceeded";
+      case errc::canceled:
+        return "context canceled";
+      case errc::deadline_exceeded:
+        return "context deadline exceeded";
     }
     return "unknown ctx error " + std::to_string(value);
   }
 
   [[nodiscard]] std::error_condition default_error_condition(int value) const noexcept override {
     switch (static_cast<errc>(value)) {
-      case errc::canceled: return std::errc::operation_canceled;
-      case errc::deadline_exceeded: return std::errc::timed_out;
+      case errc::canceled:
+        return std::errc::operation_canceled;
+      case errc::deadline_exceeded:
+        return std::errc::timed_out;
     }
     return {value, *this};
   }

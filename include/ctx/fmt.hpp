@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// {fmt} support (opt-in, target ctx::fmt): formatters for contexts and ctx::errc.
+// {fmt} support (opt-in, target ctx::fmt): formatters for contexts and
+// ctx::errc, and std::error_code (what every ctx API returns) made formattable.
 //
 // A context prints as its derivation chain, root first, the way Go's
 // Context.String() does:
@@ -10,14 +11,27 @@
 // A with_deadline/with_timeout whose parent's deadline was earlier made no
 // timer and prints as with_cancel, as in Go. `ctx::errc` prints its message.
 //
+// `std::error_code` prints as `category:value` ("ctx:1", "system:9"), as its
+// operator<< does: with the formatter {fmt} ships, which this header includes
+// (<fmt/os.h> in fmt 8 and 9, <fmt/std.h> from fmt 10 on, as fmt's
+// changelog records), or, before fmt 8, one defined here that prints the
+// same. For the message, format `c.err().message()`.
+//
 // Thread safety: formatting reads only immutable parts of the chain and the
 // clock; it may run concurrently with anything.
 #pragma once
 
 #include <fmt/format.h>
+// The header where this {fmt} ships its formatter of std::error_code, if any.
+#if FMT_VERSION >= 100000
+#include <fmt/std.h>
+#elif FMT_VERSION >= 80000
+#include <fmt/os.h>
+#endif
 
 #include <chrono>
 #include <string_view>
+#include <system_error>
 #include <vector>
 
 #include "ctx.hpp"
@@ -34,12 +48,22 @@ Out format_chain(const node* leaf, Out out) {
     if (!first) *out++ = '.';
     first = false;
     switch (n->kind) {
-      case node_kind::background: out = fmt::format_to(out, "background"); break;
-      case node_kind::todo: out = fmt::format_to(out, "todo"); break;
+      case node_kind::background:
+        out = fmt::format_to(out, "background");
+        break;
+      case node_kind::todo:
+        out = fmt::format_to(out, "todo");
+        break;
       case node_kind::cancel:
-      case node_kind::inherited_deadline: out = fmt::format_to(out, "with_cancel"); break;
-      case node_kind::stop_token: out = fmt::format_to(out, "with_stop_token"); break;
-      case node_kind::detach: out = fmt::format_to(out, "without_cancel"); break;
+      case node_kind::inherited_deadline:
+        out = fmt::format_to(out, "with_cancel");
+        break;
+      case node_kind::stop_token:
+        out = fmt::format_to(out, "with_stop_token");
+        break;
+      case node_kind::detach:
+        out = fmt::format_to(out, "without_cancel");
+        break;
       case node_kind::value:
         out = fmt::format_to(out, "with_value({})", static_cast<const value_node_base*>(n)->key_name);
         break;
@@ -79,9 +103,22 @@ template <>
 struct fmt::formatter<ctx::errc> : fmt::formatter<std::string_view> {
   template <class FormatContext>
   auto format(ctx::errc e, FormatContext& fc) const {
-    const std::string_view msg =
-        e == ctx::errc::canceled ? "context canceled"
-        : e == ctx::errc::deadline_exceeded ? "context deadline exceeded" : "unknown ctx error";
+    const std::string_view msg = e == ctx::errc::canceled            ? "context canceled"
+                                 : e == ctx::errc::deadline_exceeded ? "context deadline exceeded"
+                                                                     : "unknown ctx error";
     return fmt::formatter<std::string_view>::format(msg, fc);
   }
 };
+
+#if FMT_VERSION < 80000
+/// Formats `std::error_code` as `category:value`, like its operator<< and
+/// like the formatter that fmt 8 and later ship (which is used instead).
+template <>
+struct fmt::formatter<std::error_code> {
+  constexpr auto parse(fmt::format_parse_context& pc) { return pc.begin(); }
+  template <class FormatContext>
+  auto format(const std::error_code& e, FormatContext& fc) const {
+    return fmt::format_to(fc.out(), "{}:{}", e.category().name(), e.value());
+  }
+};
+#endif

@@ -77,9 +77,13 @@ template <class Clock, class Future>
   if (!f.valid()) throw std::future_error(std::future_errc::no_state);
   for (;;) {
     switch (f.wait_for(future_poll_interval)) {
-      case std::future_status::ready: return {};
-      case std::future_status::deferred: f.wait(); return {};
-      case std::future_status::timeout: break;
+      case std::future_status::ready:
+        return {};
+      case std::future_status::deferred:
+        f.wait();
+        return {};
+      case std::future_status::timeout:
+        break;
     }
     if (c.done()) return c.err();
   }

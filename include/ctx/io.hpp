@@ -10,6 +10,12 @@
 // pollable fd, blocking or not, and never changes an fd's flags, except
 // connect() for the time it runs (see there).
 //
+// A closed fd is EBADF, also when the thread's eventfd, made on its first
+// wait, took the closed fd's number. As with any POSIX call, an fd closed by
+// another thread while a call waits on it is not noticed (Linux's poll()
+// keeps waiting on the file: cancel the context, or shutdown() a socket), and
+// a closed number that another thread's open() reused is that new file.
+//
 // Thread safety: the functions may be called from any number of threads at
 // once, also on one fd (with the usual meaning of concurrent reads or writes
 // on one fd) and on one context. Cancellation may come from any thread: the
@@ -28,7 +34,6 @@
 #include <csignal>
 #include <cstddef>
 #include <ctime>
-#include <optional>
 #include <span>
 #include <system_error>
 
@@ -182,42 +187,11 @@ template <class Clock>
 
 namespace detail {
 
+using ctx::detail::bad_caller_fd;
 using ctx::detail::last_error;
-using ctx::detail::poll_outcome;
-using ctx::detail::wake_guard;
+using ctx::detail::lazy_wake;
 
 inline bool would_block(int e) noexcept { return e == EAGAIN || e == EWOULDBLOCK; }
-
-/// The wake guard of one call, armed only when the call has to wait.
-class lazy_wake {
- public:
-  lazy_wake() noexcept = default;
-
-  /// Waits until `fd` has `events` or `c` is done. `{}` when ready.
-  template <class Clock>
-  [[nodiscard]] std::error_code wait(const basic_context<Clock>& c, int fd, short events) {
-    if (const std::error_code e = arm(c)) return e;
-    std::error_code ec;
-    switch (ctx::detail::poll_fd(
-        fd, events, g_->fd(), [&c]() noexcept { return c.done(); }, ec)) {
-      case poll_outcome::ready:
-        return {};
-      case poll_outcome::stopped:
-        return c.err();
-      case poll_outcome::failed:
-        break;
-    }
-    return ec;
-  }
-
- private:
-  template <class Clock>
-  std::error_code arm(const basic_context<Clock>& c) {
-    if (!g_) g_.emplace(c.stop_token());
-    return g_->error();
-  }
-  std::optional<wake_guard> g_;
-};
 
 /// Blocks SIGPIPE for the calling thread while a write to a non-socket runs,
 /// and consumes the SIGPIPE that a write failing with EPIPE raised, unless
@@ -350,7 +324,7 @@ template <class Clock>
 result write(const basic_context<Clock>& c, int fd, std::span<const std::byte> buf) {
   if (c.done()) return {0, c.err()};
   if (buf.empty()) return {0, {}};
-  if (fd < 0) return {0, std::error_code(EBADF, std::system_category())};
+  if (const std::error_code e = detail::bad_caller_fd(fd)) return {0, e};
   // Try it as a socket first: for sockets that is the whole cost of a write
   // that fits in the socket buffer; anything else fails at once with ENOTSOCK.
   const ssize_t n = ::send(fd, buf.data(), buf.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -363,7 +337,7 @@ template <class Clock>
 result recv(const basic_context<Clock>& c, int fd, std::span<std::byte> buf, int flags) {
   if (c.done()) return {0, c.err()};
   if (buf.empty()) return {0, {}};
-  if (fd < 0) return {0, std::error_code(EBADF, std::system_category())};
+  if (const std::error_code e = detail::bad_caller_fd(fd)) return {0, e};
   detail::lazy_wake wake;
   for (;;) {
     const ssize_t n = ::recv(fd, buf.data(), buf.size(), flags | MSG_DONTWAIT);
@@ -380,7 +354,7 @@ template <class Clock>
 result send(const basic_context<Clock>& c, int fd, std::span<const std::byte> buf, int flags) {
   if (c.done()) return {0, c.err()};
   if (buf.empty()) return {0, {}};
-  if (fd < 0) return {0, std::error_code(EBADF, std::system_category())};
+  if (const std::error_code e = detail::bad_caller_fd(fd)) return {0, e};
   const ssize_t n = ::send(fd, buf.data(), buf.size(), flags | MSG_DONTWAIT | MSG_NOSIGNAL);
   return detail::send_rest(c, fd, buf, flags, n, n < 0 ? errno : 0);
 }
@@ -388,6 +362,7 @@ result send(const basic_context<Clock>& c, int fd, std::span<const std::byte> bu
 template <class Clock>
 std::error_code connect(const basic_context<Clock>& c, int fd, const sockaddr* addr, socklen_t addr_len) {
   if (c.done()) return c.err();
+  if (const std::error_code e = detail::bad_caller_fd(fd)) return e;
   const int fl = ::fcntl(fd, F_GETFL);
   if (fl < 0) return detail::last_error();
   const bool was_blocking = !(fl & O_NONBLOCK);

@@ -152,18 +152,9 @@ result wait(const basic_context<Clock>& c, pid_t pid, const kill_policy& policy)
     const detail::unique_fd pidfd(static_cast<int>(::syscall(detail::sys_pidfd_open, pid, 0)));
     if (pidfd.fd < 0) return {0, 0, ctx::detail::last_error()};
     if (!stop) {
-      const ctx::detail::wake_guard wake(c.stop_token());
-      if (wake.error()) return {0, 0, wake.error()};
-      std::error_code ec;
-      switch (ctx::detail::poll_fd(
-          pidfd.fd, POLLIN, wake.fd(), [&c]() noexcept { return c.done(); }, ec)) {
-        case ctx::detail::poll_outcome::ready:
-          break;
-        case ctx::detail::poll_outcome::stopped:
-          stop = true;
-          break;
-        case ctx::detail::poll_outcome::failed:
-          return {0, 0, ec};
+      if (const std::error_code e = ctx::detail::lazy_wake().wait(c, pidfd.fd, POLLIN)) {
+        if (!c.done()) return {0, 0, e};  // the wait failed: the child is left as it was
+        stop = true;
       }
     }
     if (stop) detail::terminate(pid, pidfd.fd, policy);

@@ -101,8 +101,8 @@ class bounded_queue {
 
   /// As above, but copies `item` on success.
   template <class Clock>
-  [[nodiscard]] std::error_code push(const basic_context<Clock>& c, const T& item)
-    requires std::is_copy_constructible_v<T>;
+  [[nodiscard]] std::error_code push(const basic_context<Clock>& c,
+                                     const T& item) requires std::is_copy_constructible_v<T>;
 
   /// Appends `item` if there is room now: `{}`, `queue_errc::full` or
   /// `queue_errc::closed`; `item` is moved from only on success. Never blocks
@@ -110,8 +110,7 @@ class bounded_queue {
   [[nodiscard]] std::error_code try_push(T&& item);
 
   /// As above, but copies `item` on success.
-  [[nodiscard]] std::error_code try_push(const T& item)
-    requires std::is_copy_constructible_v<T>;
+  [[nodiscard]] std::error_code try_push(const T& item) requires std::is_copy_constructible_v<T>;
 
   /// Removes and returns the oldest item, waiting while the queue is empty.
   ///
@@ -169,18 +168,23 @@ class queue_category_impl final : public std::error_category {
 
   [[nodiscard]] std::string message(int value) const override {
     switch (static_cast<queue_errc>(value)) {
-      case queue_errc::closed: return "queue closed";
-      case queue_errc::full: return "queue full";
-      case queue_errc::empty: return "queue empty";
+      case queue_errc::closed:
+        return "queue closed";
+      case queue_errc::full:
+        return "queue full";
+      case queue_errc::empty:
+        return "queue empty";
     }
     return "unknown ctx.queue error " + std::to_string(value);
   }
 
   [[nodiscard]] std::error_condition default_error_condition(int value) const noexcept override {
     switch (static_cast<queue_errc>(value)) {
-      case queue_errc::closed: return std::errc::broken_pipe;
+      case queue_errc::closed:
+        return std::errc::broken_pipe;
       case queue_errc::full:
-      case queue_errc::empty: return std::errc::resource_unavailable_try_again;
+      case queue_errc::empty:
+        return std::errc::resource_unavailable_try_again;
     }
     return {value, *this};
   }
@@ -205,7 +209,7 @@ std::error_code bounded_queue<T>::push_impl(const basic_context<Clock>& c, U& it
   const bool room =
       not_full_.wait(lock, c.stop_token(), [&] { return closed_ || items_.size() < capacity_; });
   if (closed_) return queue_errc::closed;
-  if (!room) return c.err();  // the predicate was false under the lock: nothing to pass on
+  if (!room) return c.err();                 // the predicate was false under the lock: nothing to pass on
   items_.push_back(static_cast<U&&>(item));  // strong guarantee: on throw, nothing changed
   lock.unlock();
   not_empty_.notify_one();
@@ -220,9 +224,8 @@ std::error_code bounded_queue<T>::push(const basic_context<Clock>& c, T&& item) 
 
 template <class T>
 template <class Clock>
-std::error_code bounded_queue<T>::push(const basic_context<Clock>& c, const T& item)
-  requires std::is_copy_constructible_v<T>
-{
+std::error_code bounded_queue<T>::push(const basic_context<Clock>& c,
+                                       const T& item) requires std::is_copy_constructible_v<T> {
   return push_impl(c, item);
 }
 
@@ -245,9 +248,7 @@ std::error_code bounded_queue<T>::try_push(T&& item) {
 }
 
 template <class T>
-std::error_code bounded_queue<T>::try_push(const T& item)
-  requires std::is_copy_constructible_v<T>
-{
+std::error_code bounded_queue<T>::try_push(const T& item) requires std::is_copy_constructible_v<T> {
   return try_push_impl(item);
 }
 

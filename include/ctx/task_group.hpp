@@ -32,10 +32,11 @@ namespace ctx {
 /// What a task of a group is: called with the group's context, returns a
 /// `std::error_code` (`{}` for success), or returns nothing (always success).
 template <class F, class Clock>
-concept group_task = std::invocable<std::decay_t<F>&, const basic_context<Clock>&> &&
-                     (std::is_void_v<std::invoke_result_t<std::decay_t<F>&, const basic_context<Clock>&>> ||
-                      std::convertible_to<std::invoke_result_t<std::decay_t<F>&, const basic_context<Clock>&>,
-                                          std::error_code>);
+concept group_task = std::invocable < std::decay_t<F>
+&, const basic_context<Clock>& >
+       &&(std::is_void_v<std::invoke_result_t<std::decay_t<F>&, const basic_context<Clock>&>> ||
+          std::convertible_to<std::invoke_result_t<std::decay_t<F>&, const basic_context<Clock>&>,
+                              std::error_code>);
 
 /// A group of tasks that work on parts of one job, each on its own thread,
 /// under one context that the first failure cancels: Go's errgroup.WithContext.
@@ -88,13 +89,13 @@ class basic_task_group {
   /// `f` is decay-copied to the new thread. Throws std::system_error if the
   /// thread cannot be started, or what copying `f` throws; `f` does not run then.
   template <class F>
-    requires group_task<F, Clock>
+  requires group_task<F, Clock>
   void spawn(F&& f);
 
   /// Starts `f(context())` on a new thread if the limit allows it now;
   /// returns false (and does not touch `f`) if not. Throws as spawn() does.
   template <class F>
-    requires group_task<F, Clock>
+  requires group_task<F, Clock>
   [[nodiscard]] bool try_spawn(F&& f);
 
   /// Limits how many tasks run at once; `n < 0` removes the limit (the
@@ -120,11 +121,11 @@ class basic_task_group {
   cancel_handle cancel_;
   std::mutex m_;
   std::condition_variable slot_free_;
-  std::vector<std::thread> threads_;  // guarded by m_
-  std::ptrdiff_t limit_ = -1;         // guarded by m_
-  std::ptrdiff_t running_ = 0;        // guarded by m_
-  bool failed_ = false;               // guarded by m_
-  std::error_code first_error_;       // guarded by m_
+  std::vector<std::thread> threads_;    // guarded by m_
+  std::ptrdiff_t limit_ = -1;           // guarded by m_
+  std::ptrdiff_t running_ = 0;          // guarded by m_
+  bool failed_ = false;                 // guarded by m_
+  std::error_code first_error_;         // guarded by m_
   std::exception_ptr first_exception_;  // guarded by m_
 };
 
@@ -207,7 +208,7 @@ void basic_task_group<Clock>::start(F&& f) {
 
 template <class Clock>
 template <class F>
-  requires group_task<F, Clock>
+requires group_task<F, Clock>
 void basic_task_group<Clock>::spawn(F&& f) {
   {
     std::unique_lock lock(m_);
@@ -219,7 +220,7 @@ void basic_task_group<Clock>::spawn(F&& f) {
 
 template <class Clock>
 template <class F>
-  requires group_task<F, Clock>
+requires group_task<F, Clock>
 bool basic_task_group<Clock>::try_spawn(F&& f) {
   {
     std::lock_guard lock(m_);

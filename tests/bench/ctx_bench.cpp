@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// ctx benchmarks: the operations of DESIGN.md's performance budget, plus the
+// ctx benchmarks: the operations of docs/design.md's performance budget, plus the
 // raw wake-ups they are judged against (the std::stop_source and atomic-load
 // floors are in floor_bench.cpp).
 // tests/bench/go/ has the same operations against Go's context package;
@@ -48,8 +48,10 @@ std::atomic<std::int64_t> g_new_bytes{0};  // live bytes requested while countin
 void* counted_alloc(std::size_t n, std::size_t align) {
   if (n == 0) n = 1;
   void* p = nullptr;
-  if (align <= alignof(std::max_align_t)) p = std::malloc(n);
-  else if (posix_memalign(&p, align, n) != 0) p = nullptr;
+  if (align <= alignof(std::max_align_t))
+    p = std::malloc(n);
+  else if (posix_memalign(&p, align, n) != 0)
+    p = nullptr;
   if (!p) throw std::bad_alloc();
   if (g_counting.load(std::memory_order_relaxed))
     g_new_bytes.fetch_add(static_cast<std::int64_t>(malloc_usable_size(p)), std::memory_order_relaxed);
@@ -67,8 +69,12 @@ void counted_free(void* p) noexcept {
 
 void* operator new(std::size_t n) { return counted_alloc(n, 0); }
 void* operator new[](std::size_t n) { return counted_alloc(n, 0); }
-void* operator new(std::size_t n, std::align_val_t a) { return counted_alloc(n, static_cast<std::size_t>(a)); }
-void* operator new[](std::size_t n, std::align_val_t a) { return counted_alloc(n, static_cast<std::size_t>(a)); }
+void* operator new(std::size_t n, std::align_val_t a) {
+  return counted_alloc(n, static_cast<std::size_t>(a));
+}
+void* operator new[](std::size_t n, std::align_val_t a) {
+  return counted_alloc(n, static_cast<std::size_t>(a));
+}
 void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
   try {
     return counted_alloc(n, 0);
@@ -178,8 +184,11 @@ BENCHMARK(BM_with_value);
 struct key_pool {
   static constexpr int size = 64;
   const ctx::key<int> k[size] = {
-#define CTX_BENCH_K8 ctx::key<int>{"k"}, ctx::key<int>{"k"}, ctx::key<int>{"k"}, ctx::key<int>{"k"}, \
-                     ctx::key<int>{"k"}, ctx::key<int>{"k"}, ctx::key<int>{"k"}, ctx::key<int>{"k"}
+#define CTX_BENCH_K8                                                                                  \
+  ctx::key<int>{"k"}, ctx::key<int>{"k"}, ctx::key<int>{"k"}, ctx::key<int>{"k"}, ctx::key<int>{"k"}, \
+      ctx::key<int>{"k"}, ctx::key<int>{"k"}, ctx::key<int> {                                         \
+    "k"                                                                                               \
+  }
       CTX_BENCH_K8, CTX_BENCH_K8, CTX_BENCH_K8, CTX_BENCH_K8,
       CTX_BENCH_K8, CTX_BENCH_K8, CTX_BENCH_K8, CTX_BENCH_K8,
 #undef CTX_BENCH_K8
@@ -393,7 +402,7 @@ BENCHMARK(BM_floor_wake)->UseManualTime()->Iterations(2000);
 /// Deadline lateness: 500 probe timeouts (0.1 ms .. 50 ms apart) fire among
 /// 100k pending one-hour timeouts; lateness is the time from a probe's
 /// deadline to its after_func running on the timer thread. Counters p50_ns,
-/// p99_ns (DESIGN.md: p99 <= 2 ms).
+/// p99_ns (docs/design.md: p99 <= 2 ms).
 void BM_deadline_lateness_100k(benchmark::State& state) {
   constexpr int pending = 100'000;
   constexpr int probes = 500;
@@ -430,7 +439,7 @@ void BM_deadline_lateness_100k(benchmark::State& state) {
 BENCHMARK(BM_deadline_lateness_100k)->Iterations(3)->Unit(benchmark::kMillisecond);
 
 // --- adapters: cancel -> a blocked adapter returns, against the same wait
-// woken without ctx (DESIGN.md: p50 <= 2x the raw wake-up, p99 <= 500 us).
+// woken without ctx (docs/design.md: p50 <= 2x the raw wake-up, p99 <= 500 us).
 
 /// ctx::wait on a std::condition_variable_any, woken by a cancel.
 struct ctx_cv_round : ctx_round {
@@ -531,10 +540,19 @@ struct ctx_plain_cv_round : ctx_round {
   }
 };
 
-BENCHMARK(BM_adapter_wake<ctx_plain_cv_round>)->Name("BM_cancel_wake_plain_cv")->UseManualTime()->Iterations(1000);
-BENCHMARK(BM_adapter_wake<raw_cv_round<std::condition_variable>>)->Name("BM_floor_wake_plain_cv")->UseManualTime()->Iterations(1000);
+BENCHMARK(BM_adapter_wake<ctx_plain_cv_round>)
+    ->Name("BM_cancel_wake_plain_cv")
+    ->UseManualTime()
+    ->Iterations(1000);
+BENCHMARK(BM_adapter_wake<raw_cv_round<std::condition_variable>>)
+    ->Name("BM_floor_wake_plain_cv")
+    ->UseManualTime()
+    ->Iterations(1000);
 BENCHMARK(BM_adapter_wake<ctx_cv_round>)->Name("BM_cancel_wake_cv")->UseManualTime()->Iterations(1000);
-BENCHMARK(BM_adapter_wake<raw_cv_round<std::condition_variable_any>>)->Name("BM_floor_wake_cv")->UseManualTime()->Iterations(1000);
+BENCHMARK(BM_adapter_wake<raw_cv_round<std::condition_variable_any>>)
+    ->Name("BM_floor_wake_cv")
+    ->UseManualTime()
+    ->Iterations(1000);
 BENCHMARK(BM_adapter_wake<ctx_fd_round>)->Name("BM_cancel_wake_fd")->UseManualTime()->Iterations(1000);
 BENCHMARK(BM_adapter_wake<raw_fd_round>)->Name("BM_floor_wake_fd")->UseManualTime()->Iterations(1000);
 BENCHMARK(BM_adapter_wake<ctx_queue_round>)->Name("BM_cancel_wake_queue")->UseManualTime()->Iterations(1000);

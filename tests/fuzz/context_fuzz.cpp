@@ -82,12 +82,12 @@ struct mnode {
   int parent = -1;
   bool done = false;
   ctx::errc err{};
-  std::error_code raw_cause;              // what the node stores; cause() falls back to err
-  std::optional<time_point> deadline;     // effective
-  std::optional<time_point> timer;        // own pending timer
-  std::error_code deadline_cause;         // for kind::deadline
-  int source = -1;                        // for kind::stop_token
-  const void* key = nullptr;              // for kind::value
+  std::error_code raw_cause;           // what the node stores; cause() falls back to err
+  std::optional<time_point> deadline;  // effective
+  std::optional<time_point> timer;     // own pending timer
+  std::error_code deadline_cause;      // for kind::deadline
+  int source = -1;                     // for kind::stop_token
+  const void* key = nullptr;           // for kind::value
   int ivalue = 0;
   std::string svalue;
 };
@@ -119,7 +119,8 @@ struct model {
   [[nodiscard]] CTX_FUZZ_NO_COVERAGE int up(int n) const {
     for (; n >= 0; n = nodes[static_cast<std::size_t>(n)].parent) {
       if (cancelable(n)) return n;
-      if (nodes[static_cast<std::size_t>(n)].k == kind::detach || nodes[static_cast<std::size_t>(n)].k == kind::root)
+      if (nodes[static_cast<std::size_t>(n)].k == kind::detach ||
+          nodes[static_cast<std::size_t>(n)].k == kind::root)
         return -1;
     }
     return -1;
@@ -145,7 +146,8 @@ struct model {
     for (int c = 0; c < static_cast<int>(nodes.size()); ++c)
       if (at(c).parent == n) mark_below(c, e, raw, marked);
   }
-  CTX_FUZZ_NO_COVERAGE void mark_below(int c, ctx::errc e, const std::error_code& raw, std::vector<int>& marked) {
+  CTX_FUZZ_NO_COVERAGE void mark_below(int c, ctx::errc e, const std::error_code& raw,
+                                       std::vector<int>& marked) {
     if (at(c).k == kind::detach) return;
     if (cancelable(c)) {
       if (!at(c).done) mark(c, e, raw, marked);  // a done child's subtree is done already
@@ -184,7 +186,8 @@ struct model {
     }
   }
   [[nodiscard]] CTX_FUZZ_NO_COVERAGE std::size_t pending_timers() const {
-    return static_cast<std::size_t>(std::count_if(nodes.begin(), nodes.end(), [](const mnode& x) { return x.timer.has_value(); }));
+    return static_cast<std::size_t>(
+        std::count_if(nodes.begin(), nodes.end(), [](const mnode& x) { return x.timer.has_value(); }));
   }
 
   // Derivations: return the new node's index.
@@ -226,8 +229,10 @@ struct model {
     x.raw_cause = cause;
     const int n = add(std::move(x));
     if (born_done(n)) return n;
-    if (when <= now) cancel(n, ctx::errc::deadline_exceeded, cause);
-    else if (when != time_point::max()) at(n).timer = when;
+    if (when <= now)
+      cancel(n, ctx::errc::deadline_exceeded, cause);
+    else if (when != time_point::max())
+      at(n).timer = when;
     return n;
   }
   CTX_FUZZ_NO_COVERAGE int derive_stop_token(int p, int source) {
@@ -272,7 +277,8 @@ struct model {
   }
   [[nodiscard]] CTX_FUZZ_NO_COVERAGE const mnode* find_value(int n, const void* key) const {
     for (; n >= 0; n = nodes[static_cast<std::size_t>(n)].parent)
-      if (nodes[static_cast<std::size_t>(n)].k == kind::value && nodes[static_cast<std::size_t>(n)].key == key)
+      if (nodes[static_cast<std::size_t>(n)].k == kind::value &&
+          nodes[static_cast<std::size_t>(n)].key == key)
         return &nodes[static_cast<std::size_t>(n)];
     return nullptr;
   }
@@ -344,7 +350,8 @@ struct harness {
         const auto t = std::chrono::milliseconds(static_cast<int>(b & 31) - 4);
         const time_point when = t > t.zero() ? now + t : now;  // a timeout <= 0 saturates to now
         const int expect = m.derive_deadline(p, when, cause, now);
-        add_derived(cause || (b & 0x80) ? ctx::with_timeout(*contexts[s], t, cause) : ctx::with_timeout(*contexts[s], t),
+        add_derived(cause || (b & 0x80) ? ctx::with_timeout(*contexts[s], t, cause)
+                                        : ctx::with_timeout(*contexts[s], t),
                     expect);
         break;
       }
@@ -355,9 +362,15 @@ struct harness {
         const std::error_code cause = causes[(b >> 6) & 3];
         time_point when;
         switch (b & 63) {
-          case 62: when = time_point::max(); break;
-          case 63: when = time_point::min(); break;
-          default: when = now + std::chrono::microseconds(500) * (static_cast<int>(b & 63) - 8); break;
+          case 62:
+            when = time_point::max();
+            break;
+          case 63:
+            when = time_point::min();
+            break;
+          default:
+            when = now + std::chrono::microseconds(500) * (static_cast<int>(b & 63) - 8);
+            break;
         }
         const int expect = m.derive_deadline(p, when, cause, now);
         add_derived(ctx::with_deadline(*contexts[s], when, cause), expect);
@@ -368,7 +381,8 @@ struct harness {
         const int p = m.ctx_slot_node[s];
         const int src = static_cast<int>(in.index(n_sources));
         const int expect = m.derive_stop_token(p, src);
-        add_derived(ctx::with_stop_token(*contexts[s], sources[static_cast<std::size_t>(src)].get_token()), expect);
+        add_derived(ctx::with_stop_token(*contexts[s], sources[static_cast<std::size_t>(src)].get_token()),
+                    expect);
         break;
       }
       case 4: {  // with_value
@@ -404,8 +418,10 @@ struct harness {
         handle_slot& h = handles[in.index(handles.size())];
         const std::error_code cause = causes[in.index(4)];
         m.cancel(h.node, ctx::errc::canceled, cause);
-        if (cause) h.h(cause);
-        else h.h();
+        if (cause)
+          h.h(cause);
+        else
+          h.h();
         break;
       }
       case 7: {  // drop a context (never the root slot 0: it is background and keeps `live` non-empty)
@@ -431,11 +447,13 @@ struct harness {
         r.owner = m.up(node);
         r.self_drop = (b & 3) == 1;
         r.drop_ctx = (b & 3) == 2 && s != 0 ? static_cast<int>(s) : -1;
-        if (r.owner < 0) r.st = rstate::never;
+        if (r.owner < 0)
+          r.st = rstate::never;
         else if (m.at(r.owner).done) {
           r.st = rstate::fired;  // runs at once; a self-drop finds nothing to drop yet
           r.runs = 1;
-        } else r.st = rstate::linked;
+        } else
+          r.st = rstate::linked;
         if (r.st == rstate::fired && r.drop_ctx >= 0) m.ctx_slot_node[s] = -1;
         m.regs.push_back(r);
         runs.push_back(0);
@@ -492,8 +510,10 @@ struct harness {
       }
       case 15: {  // ask a context for its stop token, or copy a context
         const std::size_t s = live[in.index(live.size())];
-        if (in.byte() & 1) tokens.push_back({contexts[s]->stop_token(), m.ctx_slot_node[s]});
-        else add_context(mctx(*contexts[s]), m.ctx_slot_node[s]);
+        if (in.byte() & 1)
+          tokens.push_back({contexts[s]->stop_token(), m.ctx_slot_node[s]});
+        else
+          add_context(mctx(*contexts[s]), m.ctx_slot_node[s]);
         break;
       }
     }
@@ -502,7 +522,8 @@ struct harness {
   CTX_FUZZ_NO_COVERAGE void check(bool full = false) {
     // A callback may have dropped a context: the model did the same.
     for (std::size_t i = 0; i < contexts.size(); ++i)
-      if (contexts[i].has_value() != (m.ctx_slot_node[i] >= 0)) fail("context slot liveness", step, static_cast<long>(i));
+      if (contexts[i].has_value() != (m.ctx_slot_node[i] >= 0))
+        fail("context slot liveness", step, static_cast<long>(i));
     const time_point now = manual::now();
     for (std::size_t i = 0; i < contexts.size(); ++i) {
       if (!contexts[i]) continue;
@@ -525,7 +546,7 @@ struct harness {
       if ((b == nullptr) != (rb == nullptr) || (b && *rb != b->ivalue)) fail("value(key_b)", step, n);
       if ((s == nullptr) != (rs == nullptr) || (s && *rs != s->svalue)) fail("value(key_s)", step, n);
       if (m.done(n) && (full || i == step % contexts.size())) {  // throwing is slow: one slot per step
-        c.wait();  // returns at once
+        c.wait();                                                // returns at once
         bool threw = false;
         try {
           c.throw_if_done();
@@ -556,8 +577,10 @@ struct harness {
     tokens.clear();
     contexts.clear();
     for (std::size_t i = 0; i < runs.size(); ++i)
-      if (runs[i] != m.regs[i].runs) fail("a callback ran after its registration was dropped", step, static_cast<long>(i));
-    if (ctx::detail::timer_service<manual>::instance().pending() != 0) fail("timers left pending after teardown", step, 0);
+      if (runs[i] != m.regs[i].runs)
+        fail("a callback ran after its registration was dropped", step, static_cast<long>(i));
+    if (ctx::detail::timer_service<manual>::instance().pending() != 0)
+      fail("timers left pending after teardown", step, 0);
   }
 };
 

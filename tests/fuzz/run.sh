@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs the model-based fuzzer of <ctx/context.hpp> for a bounded time under
-# ASan + UBSan (clang's libFuzzer), starting from the committed corpus.
+# ASan + UBSan (clang's libFuzzer, built in the `asan` preset's tree),
+# starting from the committed corpus.
 #
 #   tests/fuzz/run.sh [SECONDS]          fuzz for SECONDS (default 60); new inputs go to a temporary dir
 #   tests/fuzz/run.sh --update-corpus N  fuzz N seconds, then minimise everything into tests/fuzz/corpus
 #
 # A mismatch with the model, a sanitizer report or a leak stops the run with a
-# non-zero exit and writes the input to build/fuzz/crash-*; replay it with
-# build/fuzz/tests/fuzz/ctx_context_fuzzer FILE.
+# non-zero exit and writes the input to build/asan/crash-*; replay it with
+# build/asan/tests/fuzz/ctx_context_fuzzer FILE.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 update=0
@@ -17,21 +18,21 @@ if [[ "${1:-}" == "--update-corpus" ]]; then
 fi
 seconds="${1:-60}"
 
-cmake --preset fuzz >/dev/null
-cmake --build --preset fuzz --target ctx_context_fuzzer -j2
-fuzzer="$PWD/build/fuzz/tests/fuzz/ctx_context_fuzzer"
+cmake --preset asan >/dev/null
+cmake --build --preset asan --target ctx_context_fuzzer -j2
+fuzzer="$PWD/build/asan/tests/fuzz/ctx_context_fuzzer"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cp tests/fuzz/corpus/* "$work/"
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:quarantine_size_mb=64" UBSAN_OPTIONS="print_stacktrace=1"
-cd build/fuzz
+cd build/asan
 "$fuzzer" -max_total_time="$seconds" -max_len=256 -timeout=10 -rss_limit_mb=1024 -print_final_stats=1 "$work" 2>&1 |
   grep -E '^(#[0-9]+ +(INITED|DONE)|Done|stat::number_of_executed_units|stat::peak_rss_mb|==|SUMMARY|ctx fuzz)' || true
 # grep hides libFuzzer's chatter; its exit status is the fuzzer's.
 status=${PIPESTATUS[0]}
 if [[ $status -ne 0 ]]; then
-  echo "fuzz: FAILED (exit $status); the input is in build/fuzz/crash-*" >&2
+  echo "fuzz: FAILED (exit $status); the input is in build/asan/crash-*" >&2
   exit "$status"
 fi
 if [[ $update -eq 1 ]]; then

@@ -7,9 +7,9 @@
 // std::terminate).
 #include <ctx/ctx.hpp>
 
-#include <chrono>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <chrono>
 
 #include <atomic>
 #include <csignal>
@@ -64,7 +64,9 @@ void start_blocked_waiters(const ctx::context& c, int n) {
 
 int main(int argc, char** argv) {
   if (argc != 2) {
-    std::fprintf(stderr, "usage: exit_helper return|exit|quick_exit|static_destructor|fork|fork_while_firing|throwing_callback\n");
+    std::fprintf(stderr,
+                 "usage: exit_helper "
+                 "return|exit|quick_exit|static_destructor|fork|fork_while_firing|throwing_callback\n");
     return 2;
   }
   const char* mode = argv[1];

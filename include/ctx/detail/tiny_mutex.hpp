@@ -21,8 +21,8 @@ class tiny_mutex {
 
   void lock() noexcept {
     std::uint32_t expected = 0;
-    if (word_.compare_exchange_strong(expected, 1, std::memory_order_acquire,
-                                      std::memory_order_relaxed)) [[likely]]
+    if (word_.compare_exchange_strong(expected, 1, std::memory_order_acquire, std::memory_order_relaxed))
+        [[likely]]
       return;
     lock_slow();
   }
@@ -37,8 +37,7 @@ class tiny_mutex {
     for (int spin = 0; spin < 64; ++spin) {
       std::uint32_t expected = 0;
       if (word_.load(std::memory_order_relaxed) == 0 &&
-          word_.compare_exchange_weak(expected, 1, std::memory_order_acquire,
-                                      std::memory_order_relaxed))
+          word_.compare_exchange_weak(expected, 1, std::memory_order_acquire, std::memory_order_relaxed))
         return;
 #if defined(__x86_64__) || defined(__i386__)
       __builtin_ia32_pause();

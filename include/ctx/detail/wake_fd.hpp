@@ -97,6 +97,15 @@ inline void forget_wake_fd_after_fork() noexcept {
   return h.fd;
 }
 
+/// EBADF when `fd` cannot be the caller's: negative, or the calling thread's
+/// own wake-up eventfd, whose number the caller can only hold after closing
+/// an fd of that number (the eventfd, made on first use, takes the lowest
+/// free number). `{}` otherwise. Costs no system call.
+[[nodiscard]] inline std::error_code bad_caller_fd(int fd) noexcept {
+  if (fd < 0 || fd == this_thread_wake_fd_holder().fd) return {EBADF, std::system_category()};
+  return {};
+}
+
 /// Arms the calling thread's wake fd on a stop token for one operation.
 ///
 /// While a wake_guard lives, a stop request on the token makes fd() readable.
@@ -161,7 +170,8 @@ enum class poll_outcome { ready, stopped, failed };
 template <class Stopped>
 [[nodiscard]] poll_outcome poll_fd(int fd, short events, int wake, Stopped&& stopped, std::error_code& ec,
                                    short* revents = nullptr) noexcept {
-  if (fd < 0) {  // poll() ignores negative fds: it would wait for the wake fd alone
+  // poll() ignores negative fds: it would wait for the wake fd alone.
+  if (fd < 0 || fd == wake) {
     ec = std::error_code(EBADF, std::system_category());
     return poll_outcome::failed;
   }
@@ -193,6 +203,44 @@ template <class Stopped>
     if (stopped()) return poll_outcome::stopped;
   }
 }
+
+/// The wake guard of one call, armed only when the call has to wait (a call
+/// that completes at once costs no stop callback).
+///
+/// wait() rejects, with EBADF, a caller's fd that equals the thread's wake-up
+/// eventfd, also when arming it just made the eventfd: the eventfd takes the
+/// lowest free number, which may be the caller's just-closed fd, and a poll()
+/// on it would wait for ctx's own wake-up (forever without a deadline).
+class lazy_wake {
+ public:
+  lazy_wake() noexcept = default;
+  lazy_wake(const lazy_wake&) = delete;
+  lazy_wake& operator=(const lazy_wake&) = delete;
+
+  /// Waits until `fd` has one of `events` (or POLLERR/POLLHUP) or `c` is
+  /// done. `{}` when ready; `c.err()` when `c` is done (which wins over
+  /// readiness); EBADF for a closed fd; else poll()'s or eventfd()'s error.
+  template <class Context>
+  [[nodiscard]] std::error_code wait(const Context& c, int fd, short events) {
+    if (!guard_) guard_.emplace(c.stop_token());
+    if (guard_->error()) return guard_->error();
+    if (const std::error_code e = bad_caller_fd(fd)) return e;
+    std::error_code ec;
+    switch (poll_fd(
+        fd, events, guard_->fd(), [&c]() noexcept { return c.done(); }, ec)) {
+      case poll_outcome::ready:
+        return {};
+      case poll_outcome::stopped:
+        return c.err();
+      case poll_outcome::failed:
+        break;
+    }
+    return ec;
+  }
+
+ private:
+  std::optional<wake_guard> guard_;
+};
 
 /// The error of the calling thread's last failed system call.
 [[nodiscard]] inline std::error_code last_error() noexcept { return {errno, std::system_category()}; }
