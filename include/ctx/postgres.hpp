@@ -34,6 +34,7 @@
 
 #include <array>
 #include <charconv>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -347,6 +348,10 @@ class canceller {
       std::lock_guard lock(m_);
       pending_[conn] = st;
       jobs_.push_back({pc, conn, st});
+      if (idle_ > 0) {  // a worker waits for work: wake it (no thread to start on this path)
+        cv_.notify_one();
+        return;
+      }
       if (workers_ >= max_workers) return;
       ++workers_;
     }
@@ -370,6 +375,8 @@ class canceller {
 
  private:
   static constexpr int max_workers = 4;
+  static constexpr auto linger =
+      std::chrono::seconds(10);  // an idle worker waits this long for the next cancel
   struct job {
     PGcancel* cancel;
     PGconn* conn;
@@ -380,10 +387,15 @@ class canceller {
     for (;;) {
       job j;
       {
-        std::lock_guard lock(m_);
+        std::unique_lock lock(m_);
         if (jobs_.empty()) {
-          --workers_;
-          return;
+          ++idle_;
+          cv_.wait_for(lock, linger, [this] { return !jobs_.empty(); });
+          --idle_;
+          if (jobs_.empty()) {
+            --workers_;
+            return;
+          }
         }
         j = std::move(jobs_.front());
         jobs_.pop_front();
@@ -401,9 +413,11 @@ class canceller {
   }
 
   std::mutex m_;
+  std::condition_variable cv_;  // idle workers wait here for jobs_
   std::deque<job> jobs_;
   std::unordered_map<PGconn*, std::shared_ptr<cancel_state>> pending_;
   int workers_ = 0;
+  int idle_ = 0;
 };
 
 /// An error of category() for a failure that libpq found or reported about

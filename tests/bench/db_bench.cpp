@@ -7,6 +7,8 @@
 //       --benchmark_enable_random_interleaving=true --benchmark_display_aggregates_only=true
 //
 // Latency rows use manual time: the mean of cancel -> return; counters p50_ns and p99_ns.
+// The PostgreSQL rows use the server libpq's environment names (PGHOST, ...),
+// for instance the tests' own: build/dev/tests/pg_fixture run /none -- db_bench ...
 #include <ctx/ctx.hpp>
 
 #include <benchmark/benchmark.h>
@@ -20,11 +22,15 @@
 #include <cstdlib>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #if CTX_BENCH_SQLITE
 #include <ctx/sqlite.hpp>
+#endif
+#if CTX_BENCH_POSTGRES
+#include <ctx/postgres.hpp>
 #endif
 
 using namespace std::chrono_literals;
@@ -277,6 +283,123 @@ void BM_sqlite_interrupt_return(benchmark::State& state) {
   measure_stop(state, r, 2ms);
 }
 BENCHMARK(BM_sqlite_interrupt_return)->UseManualTime()->Iterations(300);
+#endif
+
+#if CTX_BENCH_POSTGRES
+// --- PostgreSQL ---------------------------------------------------------------------
+
+/// A connection to the environment's server, or null (the rows are then skipped).
+ctx::postgres::connection pg_connect() {
+  auto [conn, err, message] = ctx::postgres::connect(ctx::background(), "");
+  return std::move(conn);
+}
+
+/// `select 1` over a Unix socket: PQexec.
+void BM_postgres_select1_plain(benchmark::State& state) {
+  auto conn = pg_connect();
+  if (!conn) return state.SkipWithError("no PostgreSQL server (PGHOST)");
+  for (auto _ : state) PQclear(PQexec(conn.get(), "select 1"));
+}
+BENCHMARK(BM_postgres_select1_plain);
+
+/// The same through ctx::postgres::exec, under a context with a deadline (1 h).
+void BM_postgres_select1_ctx(benchmark::State& state) {
+  auto conn = pg_connect();
+  if (!conn) return state.SkipWithError("no PostgreSQL server (PGHOST)");
+  auto [c, cancel] = ctx::with_timeout(ctx::background(), 1h);
+  for (auto _ : state) benchmark::DoNotOptimize(ctx::postgres::exec(c, conn.get(), "select 1"));
+}
+BENCHMARK(BM_postgres_select1_ctx);
+
+/// The same under background(): no wake-up fd, poll() on the socket alone.
+void BM_postgres_select1_ctx_background(benchmark::State& state) {
+  auto conn = pg_connect();
+  if (!conn) return state.SkipWithError("no PostgreSQL server (PGHOST)");
+  for (auto _ : state)
+    benchmark::DoNotOptimize(ctx::postgres::exec(ctx::background(), conn.get(), "select 1"));
+}
+BENCHMARK(BM_postgres_select1_ctx_background);
+
+/// cancel -> ctx::postgres::exec returns, on pg_sleep(30); also cancel ->
+/// the backend is idle in pg_stat_activity (counters idle_p50_ns, idle_p99_ns).
+struct pg_ctx_round {
+  ctx::postgres::connection conn = pg_connect();
+  ctx::postgres::connection observer = pg_connect();
+  ctx::context c;
+  ctx::cancel_handle cancel;
+  ctx::postgres::result r;
+  steady_clock::time_point stopped;
+  void reset() {
+    (void)ctx::postgres::drain(ctx::background(), conn.get());  // the last round's cancel
+    auto [nc, h] = ctx::with_cancel(ctx::background());
+    c = std::move(nc);
+    cancel = std::move(h);
+  }
+  void run() { r = ctx::postgres::exec(c, conn.get(), "select pg_sleep(30)"); }
+  void stop() {
+    stopped = steady_clock::now();
+    cancel();
+  }
+  bool ok() const { return r.error() == ctx::errc::canceled; }
+  /// Cancel -> the backend no longer runs the query, in ns.
+  double idle_ns() {
+    const std::string sql =
+        "select state from pg_stat_activity where pid = " + std::to_string(PQbackendPID(conn.get()));
+    for (;;) {
+      PGresult* res = PQexec(observer.get(), sql.c_str());
+      const bool active = PQntuples(res) == 1 && std::string_view(PQgetvalue(res, 0, 0)) == "active";
+      PQclear(res);
+      if (!active) return std::chrono::duration<double, std::nano>(steady_clock::now() - stopped).count();
+    }
+  }
+};
+void BM_postgres_cancel_return(benchmark::State& state) {
+  pg_ctx_round r;
+  if (!r.conn || !r.observer) return state.SkipWithError("no PostgreSQL server (PGHOST)");
+  std::vector<double> idle;
+  struct with_idle {
+    pg_ctx_round& r;
+    std::vector<double>& idle;
+    void reset() { r.reset(); }
+    void run() { r.run(); }
+    void stop() { r.stop(); }
+    bool ok() {
+      idle.push_back(r.idle_ns());
+      return r.ok();
+    }
+  } w{r, idle};
+  measure_stop(state, w, 20ms);
+  state.counters["idle_p50_ns"] = percentile(idle, 0.50);
+  state.counters["idle_p99_ns"] = percentile(idle, 0.99);
+}
+BENCHMARK(BM_postgres_cancel_return)->UseManualTime()->Iterations(100);
+
+/// The plain library's cancel: PQcancel, synchronous, from the stopping
+/// thread -> PQexec returns on the running one.
+struct pg_raw_round {
+  ctx::postgres::connection conn = pg_connect();
+  PGcancel* pc = nullptr;
+  bool cancelled = false;
+  void reset() { pc = PQgetCancel(conn.get()); }
+  void run() {
+    PGresult* res = PQexec(conn.get(), "select pg_sleep(30)");
+    const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    cancelled = state && std::string_view(state) == "57014";
+    PQclear(res);
+  }
+  void stop() {
+    char err[256];
+    (void)PQcancel(pc, err, sizeof err);
+    PQfreeCancel(pc);
+  }
+  bool ok() const { return cancelled; }
+};
+void BM_postgres_pqcancel_return(benchmark::State& state) {
+  pg_raw_round r;
+  if (!r.conn) return state.SkipWithError("no PostgreSQL server (PGHOST)");
+  measure_stop(state, r, 20ms);
+}
+BENCHMARK(BM_postgres_pqcancel_return)->UseManualTime()->Iterations(100);
 #endif
 
 }  // namespace
