@@ -33,6 +33,7 @@
 #include <sys/socket.h>
 
 #include <array>
+#include <atomic>
 #include <charconv>
 #include <chrono>
 #include <condition_variable>
@@ -347,6 +348,7 @@ class canceller {
     {
       std::lock_guard lock(m_);
       pending_[conn] = st;
+      pending_count_.store(static_cast<int>(pending_.size()), std::memory_order_release);
       jobs_.push_back({pc, conn, st});
       if (idle_ > 0) {  // a worker waits for work: wake it (no thread to start on this path)
         cv_.notify_one();
@@ -364,6 +366,12 @@ class canceller {
       }
       work();
     }
+  }
+
+  /// True if a cancel request is on its way for some connection: one atomic
+  /// load, so that calls look up their connection only then.
+  [[nodiscard]] bool any_pending() const noexcept {
+    return pending_count_.load(std::memory_order_acquire) != 0;
   }
 
   /// The cancel request on its way for `conn`, or null.
@@ -407,6 +415,7 @@ class canceller {
         std::lock_guard lock(m_);
         const auto it = pending_.find(j.conn);
         if (it != pending_.end() && it->second == j.state) pending_.erase(it);
+        pending_count_.store(static_cast<int>(pending_.size()), std::memory_order_release);
       }
       j.state->finish();
     }
@@ -418,6 +427,7 @@ class canceller {
   std::unordered_map<PGconn*, std::shared_ptr<cancel_state>> pending_;
   int workers_ = 0;
   int idle_ = 0;
+  std::atomic<int> pending_count_{0};  // pending_.size(), readable without m_
 };
 
 /// An error of category() for a failure that libpq found or reported about
@@ -535,7 +545,9 @@ template <class Clock, class Send>
   if (c.done()) return {nullptr, c.err()};
   if (!conn) return client_error(nullptr);
   waiter w;
-  if (PQtransactionStatus(conn) == PQTRANS_ACTIVE)
+  // A cancelled call's query in flight, or its cancel request still on its
+  // way (the results may have been read with plain libpq since): finish it.
+  if (PQtransactionStatus(conn) == PQTRANS_ACTIVE || canceller::instance().any_pending())
     if (const std::error_code e = settle(c, conn, w)) return {nullptr, e};
   if (c.done()) return {nullptr, c.err()};
   const nonblocking_scope nb(conn);
