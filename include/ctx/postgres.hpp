@@ -350,21 +350,18 @@ class canceller {
       pending_[conn] = st;
       pending_count_.store(static_cast<int>(pending_.size()), std::memory_order_release);
       jobs_.push_back({pc, conn, st});
-      if (idle_ > 0) {  // a worker waits for work: wake it (no thread to start on this path)
-        cv_.notify_one();
-        return;
-      }
-      if (workers_ >= max_workers) return;
+      if (idle_ > 0) cv_.notify_one();  // a worker waits for work: usually no thread to start
+      if (idle_ >= static_cast<int>(jobs_.size()) || workers_ >= max_workers) return;
       ++workers_;
     }
     try {
-      std::thread([this] { work(); }).detach();
-    } catch (...) {  // no thread: send it from here, as PQcancel users do
+      std::thread([this] { work(true); }).detach();
+    } catch (...) {  // no thread: send it from here, as PQcancel users do, and do not linger
       {
         std::lock_guard lock(m_);
         --workers_;
       }
-      work();
+      work(false);
     }
   }
 
@@ -391,19 +388,22 @@ class canceller {
     std::shared_ptr<cancel_state> state;
   };
 
-  void work() {
+  /// Sends the queued cancel requests; a worker thread (`lingering`) then
+  /// waits a while for more before it ends. The fallback on the caller's
+  /// thread was never counted as a worker.
+  void work(bool lingering) {
     for (;;) {
       job j;
       {
         std::unique_lock lock(m_);
-        if (jobs_.empty()) {
+        if (jobs_.empty() && lingering) {
           ++idle_;
           cv_.wait_for(lock, linger, [this] { return !jobs_.empty(); });
           --idle_;
-          if (jobs_.empty()) {
-            --workers_;
-            return;
-          }
+        }
+        if (jobs_.empty()) {
+          if (lingering) --workers_;
+          return;
         }
         j = std::move(jobs_.front());
         jobs_.pop_front();
