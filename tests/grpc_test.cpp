@@ -12,6 +12,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <deque>
 #include <mutex>
 #include <random>
@@ -98,6 +99,12 @@ TEST_CASE("grpc error gives the context's error when the context ended the call"
   // gRPC's own timer at the same deadline may win the race with the context's.
   auto [d, cancel_d] = ctx::with_deadline(ctx::background(), std::chrono::steady_clock::now());
   CHECK(ctx::grpc::error(d, late) == deadline_exceeded);
+  // ... also a little before it (gRPC works in whole milliseconds), but not
+  // well before: that DEADLINE_EXCEEDED is the server's own.
+  auto [e, cancel_e] = ctx::with_timeout(ctx::background(), 1ms);
+  CHECK(ctx::grpc::error(e, late) == deadline_exceeded);
+  auto [f, cancel_f] = ctx::with_timeout(ctx::background(), 1h);
+  CHECK(ctx::grpc::error(f, late) == std::error_code(4, ctx::grpc::category()));
 }
 
 TEST_CASE("grpc to_status maps the context's errors to gRPC's codes", "[grpc]") {
@@ -189,6 +196,13 @@ TEST_CASE("grpc cancelling the context ends a call in flight on both sides", "[g
 
 TEST_CASE("grpc the deadline ends a call in flight on both sides", "[grpc]") {
   fixture f;
+  {
+    // Connect first: the timeout gRPC sends is computed before a new connection is made.
+    ctx::grpc::client_context cc(ctx::background());
+    ctx_test::QueryReply reply;
+    REQUIRE(f.stub->Run(cc.get(), request("fast"), &reply).ok());
+    f.next(f.ends);
+  }
   auto [c, cancel] = ctx::with_timeout(ctx::background(), 200ms);
   ctx::grpc::client_context cc(c);
   ctx_test::QueryReply reply;
@@ -196,12 +210,33 @@ TEST_CASE("grpc the deadline ends a call in flight on both sides", "[grpc]") {
   CHECK(cc.error(s) == deadline_exceeded);
   const test::query_event e = f.next(f.ends);
   // The server's context ended by its own deadline or by the client's
-  // cancellation at the client's deadline (err() tells which, cause() says
-  // deadline exceeded either way).
+  // cancellation at the client's deadline, whichever came first.
   CHECK((e.err == "context deadline exceeded" || e.err == "context canceled"));
-  CHECK(e.cause == "context deadline exceeded");
+  CHECK((e.cause == "context deadline exceeded" || e.cause == "context canceled"));
   CHECK(e.deadline_left_ns > 0);
   CHECK(e.deadline_left_ns <= std::chrono::nanoseconds(202ms).count());  // gRPC keeps whole milliseconds
+}
+
+TEST_CASE("grpc a cancel just before the client's deadline is recorded as the deadline's cause", "[grpc]") {
+  fixture f;
+  {
+    ctx::grpc::client_context cc(ctx::background());  // connect first
+    ctx_test::QueryReply reply;
+    REQUIRE(f.stub->Run(cc.get(), request("fast"), &reply).ok());
+    f.next(f.ends);
+  }
+  auto [c, cancel] = ctx::with_timeout(ctx::background(), 1s);
+  // A plain cancel of c, 5 ms before its deadline, from the timer thread.
+  auto [early, cancel_early] = ctx::with_deadline(ctx::background(), *c.deadline() - 5ms);
+  const ctx::registration reg = ctx::after_func(early, [&cancel = cancel] { cancel(); });
+  ctx::grpc::client_context cc(c);
+  ctx_test::QueryReply reply;
+  const grpc::Status s = f.stub->Run(cc.get(), request("wait"), &reply);
+  CHECK(cc.error(s) == canceled);
+  const test::query_event e = f.next(f.ends);
+  INFO("server: " << test::format_event(e));
+  CHECK(e.err == "context canceled");
+  CHECK(e.cause == "context deadline exceeded");  // within 10 ms + 1% of the server's deadline
 }
 
 TEST_CASE("grpc a context done before the call sends no request", "[grpc]") {
@@ -283,8 +318,14 @@ TEST_CASE("grpc deadlines racing completions from many threads", "[grpc]") {
         auto [c, cancel] = ctx::with_timeout(ctx::background(), std::chrono::microseconds(gen() % 2000));
         ctx::grpc::client_context cc(c);
         ctx_test::QueryReply reply;
-        const std::error_code ec = cc.error(f.stub->Run(cc.get(), request(i % 3 ? "fast" : "wait"), &reply));
-        if (ec && ec != deadline_exceeded) ++bad;
+        const grpc::Status s = f.stub->Run(cc.get(), request(i % 3 ? "fast" : "wait"), &reply);
+        const std::error_code ec = cc.error(s);
+        if (ec && ec != deadline_exceeded) {
+          ++bad;
+          std::fprintf(stderr, "unexpected: %s (%d %s) done=%d remaining=%lld\n", ec.message().c_str(),
+                       static_cast<int>(s.error_code()), s.error_message().c_str(), c.done(),
+                       static_cast<long long>(c.remaining().count()));
+        }
       }
     });
   }

@@ -66,10 +66,14 @@ namespace ctx::grpc {
 
 /// The error rule for a call made with a client_context on `c`: `{}` if `s`
 /// is OK; exactly `c.err()` if `c` ended the call (`c` is done and `s` is
-/// CANCELLED or DEADLINE_EXCEEDED); `errc::deadline_exceeded` also for
-/// DEADLINE_EXCEEDED when `c`'s deadline has passed but its timer has not
-/// marked it done yet (gRPC's own timer, set to the same deadline, won the
-/// race); otherwise `{s.error_code(), category()}`.
+/// CANCELLED or DEADLINE_EXCEEDED); `errc::deadline_exceeded`, what `c.err()`
+/// is about to be, for DEADLINE_EXCEEDED within 2 ms of `c`'s deadline or
+/// after it while `c` is not done yet (gRPC, given `c`'s deadline, ended
+/// the call first: it keeps deadlines in whole milliseconds on both sides,
+/// so a client's or a server's gRPC timer may fire up to about 2 ms before
+/// the deadline it was given); otherwise
+/// `{s.error_code(), category()}` (a DEADLINE_EXCEEDED from the server's own
+/// limit, earlier than `c`'s deadline, included).
 template <class Clock>
 [[nodiscard]] std::error_code error(const basic_context<Clock>& c, const ::grpc::Status& s) noexcept;
 
@@ -160,12 +164,15 @@ class server_call {
   /// For a reactor's OnCancel(): gRPC says the call is over before the
   /// handler finished (the client cancelled or disconnected, or the deadline
   /// passed). Cancels context() at once (err() `errc::canceled`). When this
-  /// comes within 1% + 2 ms of the call's deadline, the cause is
-  /// `errc::deadline_exceeded`, else `errc::canceled`: gRPC sends a timeout
-  /// rounded up by up to 1% (to whole milliseconds below 1 s), so when the
-  /// client's deadline ends the call, its cancellation reaches the server
-  /// that much before the server's own deadline. Log cause() to tell a
-  /// client's deadline from a client that gave up. Only wakes: never blocks.
+  /// comes within 10 ms + 1% of the call's deadline, the cause is
+  /// `errc::deadline_exceeded`, else `errc::canceled`. The server cannot
+  /// know why a client cancelled, but a client's deadline ends its call a
+  /// little before the server's: gRPC rounds the timeout it sends up by up
+  /// to 1% (to whole milliseconds below 1 s) and measures it before the
+  /// request leaves, so the server's deadline is later by that and by the
+  /// request's delay in both processes (milliseconds on a loaded machine).
+  /// Log cause() to tell a client's deadline from a client that gave up.
+  /// Only wakes: never blocks.
   void on_cancel() noexcept;
 
   /// Cancels context() with `errc::canceled`.
@@ -351,7 +358,7 @@ std::error_code error(const basic_context<Clock>& c, const ::grpc::Status& s) no
   if (code == ::grpc::StatusCode::CANCELLED || code == ::grpc::StatusCode::DEADLINE_EXCEEDED) {
     if (const std::error_code e = c.err()) return e;
     if (code == ::grpc::StatusCode::DEADLINE_EXCEEDED && c.deadline() &&
-        c.remaining() == Clock::duration::zero())
+        c.remaining() <= std::chrono::milliseconds(2))
       return errc::deadline_exceeded;
   }
   return {static_cast<int>(code), category()};
@@ -411,7 +418,7 @@ server_call<Clock>::server_call(const ::grpc::ServerContextBase& sc, const basic
     timeout = std::min(timeout, call);
     if (call > ns::zero() && call < std::chrono::hours(24 * 365)) {
       client_deadline_ = Clock::now() + std::chrono::ceil<typename Clock::duration>(call);
-      near_ = std::chrono::ceil<typename Clock::duration>(std::chrono::milliseconds(2) + call / 100);
+      near_ = std::chrono::ceil<typename Clock::duration>(std::chrono::milliseconds(10) + call / 100);
     }
   }
   // The trace: one valid traceparent entry, or none (several are ambiguous, as in HTTP).

@@ -22,6 +22,7 @@
 
 #include "peer_work.hpp"
 #include "query.grpc.pb.h"
+#include "thread_set.hpp"
 
 namespace test {
 
@@ -44,14 +45,7 @@ class query_service final : public ctx_test::Query::CallbackService {
   ~query_service() override { join(); }
 
   /// Joins every worker. Cancel the parent (or shut the server down) first.
-  void join() {
-    std::vector<std::thread> all;
-    {
-      std::lock_guard lock(mu_);
-      all.swap(workers_);
-    }
-    for (auto& t : all) t.join();
-  }
+  void join() { workers_.join(); }
 
   grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* sc, const ctx_test::QueryRequest* req,
                                 ctx_test::QueryReply* rep) override {
@@ -66,8 +60,7 @@ class query_service final : public ctx_test::Query::CallbackService {
       return call;
     }
     if (on_start_) on_start_(e);
-    std::lock_guard lock(mu_);
-    workers_.emplace_back([this, call, e, rep, kind = req->kind()]() mutable {
+    workers_.spawn([this, call, e, rep, kind = req->kind()]() mutable {
       const ctx::context c = call->context();
       std::error_code ec;
       if (kind == "wait") {
@@ -92,8 +85,7 @@ class query_service final : public ctx_test::Query::CallbackService {
   ctx::context parent_;
   std::optional<std::chrono::nanoseconds> limit_;
   observer on_start_, on_end_;
-  std::mutex mu_;
-  std::vector<std::thread> workers_;
+  thread_set workers_;
 };
 
 /// A gRPC server for one service on 127.0.0.1 and a port the OS chose.
