@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <deque>
+#include <latch>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <string>
@@ -214,7 +216,9 @@ TEST_CASE("grpc the deadline ends a call in flight on both sides", "[grpc]") {
   CHECK((e.err == "context deadline exceeded" || e.err == "context canceled"));
   CHECK((e.cause == "context deadline exceeded" || e.cause == "context canceled"));
   CHECK(e.deadline_left_ns > 0);
-  CHECK(e.deadline_left_ns <= std::chrono::nanoseconds(202ms).count());  // gRPC keeps whole milliseconds
+  // Not inflated: gRPC rounds to whole milliseconds at both ends and moves
+  // the server's deadline between clocks, a few milliseconds at most.
+  CHECK(e.deadline_left_ns <= std::chrono::nanoseconds(210ms).count());
 }
 
 TEST_CASE("grpc a cancel just before the client's deadline is recorded as the deadline's cause", "[grpc]") {
@@ -235,8 +239,20 @@ TEST_CASE("grpc a cancel just before the client's deadline is recorded as the de
   CHECK(cc.error(s) == canceled);
   const test::query_event e = f.next(f.ends);
   INFO("server: " << test::format_event(e));
-  CHECK(e.err == "context canceled");
-  CHECK(e.cause == "context deadline exceeded");  // within 10 ms + 1% of the server's deadline
+  CHECK((e.err == "context canceled" || e.err == "context deadline exceeded"));
+  // The server's deadline is the client's plus the time the request took to
+  // reach the handler ("late"). The cancel, sent 5 ms before the client's
+  // deadline, reaches the server at most late + 5 ms before the server's: within
+  // its 10 ms + 1% (20 ms) window when late <= 15 ms. A machine so loaded that
+  // the request took longer leaves nothing to check.
+  const std::int64_t late =
+      e.started_ns + e.deadline_left_ns -
+      std::chrono::duration_cast<std::chrono::nanoseconds>(c.deadline()->time_since_epoch()).count();
+  if (late <= std::chrono::nanoseconds(15ms).count()) {
+    CHECK(e.cause == "context deadline exceeded");
+  } else {
+    WARN("the request reached the server " << late / 1000000 << " ms late: the cause is not checked");
+  }
 }
 
 TEST_CASE("grpc a context done before the call sends no request", "[grpc]") {
@@ -263,11 +279,12 @@ TEST_CASE("grpc a context done before the call sends no request", "[grpc]") {
 
 TEST_CASE("grpc a server call's context is cancelled when the server shuts down", "[grpc]") {
   auto f = std::make_unique<fixture>();
+  const auto stub = test::query_stub(f->server.address());  // outlives the fixture
   ctx::grpc::client_context cc(ctx::background());
   grpc::Status s;
   std::thread client([&] {
     ctx_test::QueryReply reply;
-    s = f->stub->Run(cc.get(), request("wait"), &reply);
+    s = stub->Run(cc.get(), request("wait"), &reply);
   });
   f->next(f->starts);
   f.reset();  // cancels the server's root context, shuts down, joins the handler
@@ -276,6 +293,65 @@ TEST_CASE("grpc a server call's context is cancelled when the server shuts down"
 }
 
 // --- races -------------------------------------------------------------------------------------
+
+namespace {
+
+/// Runs on_thread() on a new thread and here() on this one, released together.
+template <class A, class B>
+void at_once(A&& on_thread, B&& here) {
+  std::latch start(2);
+  std::jthread t([&] {
+    start.arrive_and_wait();
+    on_thread();
+  });
+  start.arrive_and_wait();
+  here();
+}
+
+}  // namespace
+
+// These two need no server: a ClientContext can be cancelled before its
+// call, and a CallbackServerContext can be made alone ("for mocking
+// tests"). So ThreadSanitizer sees every access of ctx's side of them,
+// which it cannot when gRPC's own threads are involved (tests/tsan_grpc.supp).
+
+TEST_CASE("grpc client_context cancels racing its destruction without a server", "[grpc]") {
+  for (int i = 0; i < 5000; ++i) {
+    auto [c, cancel] = i % 2 ? ctx::with_cancel(ctx::background())
+                             : ctx::with_timeout(ctx::background(), std::chrono::microseconds(i % 50));
+    auto cc = std::make_unique<ctx::grpc::client_context<>>(c);
+    at_once([&cancel = cancel] { cancel(); }, [&] { cc.reset(); });
+  }
+  // And one that lives: its later call starts cancelled (no server is needed to see that).
+  auto [c, cancel] = ctx::with_cancel(ctx::background());
+  ctx::grpc::client_context cc(c);
+  cancel();
+  const auto stub = test::query_stub("127.0.0.1:1");
+  ctx_test::QueryReply reply;
+  const grpc::Status s = stub->Run(cc.get(), request("fast"), &reply);
+  CHECK(s.error_code() == grpc::StatusCode::CANCELLED);
+  CHECK(cc.error(s) == canceled);
+}
+
+TEST_CASE("grpc server_call on_cancel racing the handler's use of its context without a server", "[grpc]") {
+  grpc::CallbackServerContext sc;  // no deadline, no metadata
+  auto [parent, stop] = ctx::with_cancel(ctx::background());
+  for (int i = 0; i < 5000; ++i) {
+    ctx::grpc::server_call<> call(sc, parent, std::chrono::microseconds(i % 100));
+    const ctx::context c = call.context();
+    std::error_code seen;
+    at_once([&] { call.on_cancel(); },
+            [&] {
+              c.wait();  // on_cancel's cancel, or the limit's deadline
+              seen = c.err();
+            });
+    CHECK((seen == canceled || seen == deadline_exceeded));
+  }
+  ctx::grpc::server_call<> call(sc, parent);
+  CHECK_FALSE(call.context().deadline());
+  call.on_cancel();
+  CHECK(call.context().cause() == canceled);  // no client deadline: a plain cancel
+}
 
 TEST_CASE("grpc cancels racing completions leave every call ended once and consistently", "[grpc]") {
   fixture f;

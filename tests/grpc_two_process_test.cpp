@@ -28,10 +28,8 @@ using ctx::propagation::traceparent;
 
 namespace {
 
-/// How late after A's deadline (or cancel) B's query may stop. Measured
-/// typically well under 5 ms here; the bound leaves room for sanitizers and
-/// a loaded machine.
-constexpr std::int64_t margin_ns = std::chrono::nanoseconds(100ms).count();
+/// How late after A's deadline (or cancel) B's query may stop (test::wire_margin_ns).
+const std::int64_t margin_ns = test::wire_margin_ns();
 
 std::int64_t ns_of(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();

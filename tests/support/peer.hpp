@@ -33,6 +33,26 @@ extern char** environ;
 
 namespace test {
 
+/// How late after A's deadline (or cancel) B's query may stop in the
+/// two-process tests: 100 ms, measured typically at a few milliseconds on an
+/// idle machine; 1 s in sanitizer builds (ThreadSanitizer delayed gRPC's
+/// OnCancel in B by up to 0.5 s on a loaded 2-core machine); or
+/// CTX_WIRE_MARGIN_MS if set (for valgrind).
+inline std::int64_t wire_margin_ns() {
+  if (const char* v = std::getenv("CTX_WIRE_MARGIN_MS"); v && *v) return std::atoll(v) * 1'000'000;
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+  return 1'000'000'000;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+  return 1'000'000'000;
+#else
+  return 100'000'000;
+#endif
+#else
+  return 100'000'000;
+#endif
+}
+
 class peer {
  public:
   /// Starts `exe` with arguments: A's pid, then `args`. Waits up to 30 s for
