@@ -133,8 +133,9 @@ TEST_CASE("grpc client_context sends the context's deadline and trace", "[grpc]"
   REQUIRE(s.ok());
   CHECK_FALSE(cc.error(s));
   CHECK(reply.trace_id() == tp.trace_id_hex());
-  // gRPC sends the timeout rounded up by up to 1% and measures it from the request's arrival.
-  CHECK(reply.deadline_left_ns() > std::chrono::nanoseconds(4s).count());
+  // gRPC sends the timeout rounded up by up to 1% and measures it from the
+  // request's arrival; the time in between is short (but 0.7 s under valgrind).
+  CHECK(reply.deadline_left_ns() > std::chrono::nanoseconds(3s).count());
   CHECK(reply.deadline_left_ns() <= std::chrono::nanoseconds(5s + 50ms).count());
 }
 

@@ -84,13 +84,14 @@ inline std::optional<query_event> parse_event(std::string_view line) {
   const std::size_t sp = line.find(' ');
   e.what = std::string(line.substr(0, sp));
   if (sp == std::string_view::npos) return std::nullopt;
-  line.remove_prefix(sp + 1);
+  line.remove_prefix(sp);  // keeps the space: every field is preceded by one
   // Each value runs to the next " " (or, for cause, to " err="; err runs to the end).
   auto field = [&](std::string_view key, std::string_view until) -> std::optional<std::string> {
-    const std::string k = " " + std::string(key) + "=";
-    const std::size_t at = (" " + std::string(line)).find(k);
-    if (at == std::string::npos) return std::nullopt;
-    const std::size_t from = at + k.size() - 1;
+    std::string k(1, ' ');
+    k.append(key).append(1, '=');
+    const std::size_t at = line.find(k);
+    if (at == std::string_view::npos) return std::nullopt;
+    const std::size_t from = at + k.size();
     const std::size_t to = until.empty() ? std::string_view::npos : line.find(until, from);
     return std::string(line.substr(from, to == std::string_view::npos ? line.size() - from : to - from));
   };
