@@ -364,7 +364,7 @@ TEST_CASE("grpc cancels racing completions leave every call ended once and consi
     std::error_code ec;
     {
       ctx::grpc::client_context cc(c);
-      std::thread canceller([&, delay = std::chrono::microseconds(gen() % 400)] {
+      std::thread canceller([&cancel = cancel, delay = std::chrono::microseconds(gen() % 400)] {
         std::this_thread::sleep_for(delay);
         cancel();
       });
