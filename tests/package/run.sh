@@ -14,5 +14,6 @@ for mode in find_package subdirectory fetchcontent; do
   cmake --build "$work/$mode" >/dev/null
   "$work/$mode/consumer"
   if [ -x "$work/$mode/consumer_fmt" ]; then "$work/$mode/consumer_fmt"; fi
+  if [ -x "$work/$mode/consumer_grpc" ]; then "$work/$mode/consumer_grpc"; fi
   echo "package: $mode ok"
 done
