@@ -2,10 +2,11 @@
 // Two real processes over gRPC: this test is process A; B is
 // tests/support/wire_peer_grpc.cpp, started for each test on a loopback port
 // the OS chose and stopped at its end. A calls B with 300 ms left; B runs its
-// 10 s query (test::slow_query) under the context ctx::grpc gave it. B's
-// query must stop within A's deadline plus a small margin, A must see
-// deadline exceeded, and B's log must show A's trace-id. Then the same with
-// A cancelling early, and with a client process that dies mid-call.
+// 10 s SQLite query (test::slow_query, through ctx::sqlite::exec) under the
+// context ctx::grpc gave it. B's query must stop within A's deadline plus a
+// small margin, A must see deadline exceeded, and B's log must show A's
+// trace-id. Then the same with A cancelling early, and with a client process
+// that dies mid-call.
 #include <ctx/ctx.hpp>
 #include <ctx/grpc.hpp>
 #include <ctx/propagation.hpp>
@@ -22,6 +23,7 @@
 #include "support/catch.hpp"
 #include "support/peer.hpp"
 #include "support/query_service.hpp"
+#include "support/slow_query.hpp"
 
 using namespace std::chrono_literals;
 using ctx::propagation::traceparent;
@@ -134,7 +136,7 @@ TEST_CASE("grpc a client process that dies mid-call cancels the server's context
     return e;
   };
   auto [root, stop] = ctx::with_cancel(ctx::background());
-  test::query_service service(root, std::nullopt, record, record);
+  test::query_service service(root, std::nullopt, record, record, test::slow_query);
   std::optional<test::grpc_server> server(std::in_place, service);
   {
     test::peer client(CTX_WIRE_PEER_GRPC, {"client", std::to_string(server->port()), "slow"});

@@ -3,11 +3,12 @@
 // (<ctx/propagation.hpp>: grpc-timeout and traceparent): this test is process
 // A; B is tests/support/wire_peer_http.cpp, started for each test on a
 // loopback port the OS chose and stopped at its end. A calls B with 300 ms
-// left; B runs its 10 s query (test::slow_query) under the context
-// ctx::propagation::extract gave it. B's query must stop within A's deadline
-// plus a small margin, A must see deadline exceeded, and B's log must show
-// A's trace-id. Then the same with A cancelling early (it closes the
-// connection; B watches it), and a malformed header against B's own limit.
+// left; B runs its 10 s SQLite query (test::slow_query, through
+// ctx::sqlite::exec) under the context ctx::propagation::extract gave it. B's
+// query must stop within A's deadline plus a small margin, A must see
+// deadline exceeded, and B's log must show A's trace-id. Then the same with A
+// cancelling early (it closes the connection; B watches it), and a malformed
+// header against B's own limit.
 #include <ctx/ctx.hpp>
 #include <ctx/propagation.hpp>
 

@@ -1,13 +1,11 @@
 // SPDX-License-Identifier: MIT
-// What process B does in the two-process tests and the wire benchmark, for
-// gRPC and HTTP alike: the slow query it runs under the propagated context,
-// and the log line it writes about each call (the test, process A, reads
-// B's log through a pipe).
+// What process B of the two-process tests and the wire benchmark tells A,
+// for gRPC and HTTP alike: the log line it writes about each call (A reads
+// B's log through a pipe). B's work itself is in slow_query.hpp.
 #pragma once
 
 #include <ctx/ctx.hpp>
 #include <ctx/propagation.hpp>
-#include <ctx/sleep.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -26,12 +24,6 @@ inline std::int64_t steady_ns() noexcept {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
-}
-
-/// B's slow query: 10 s of work under `c`. Returns `{}` if it ran to the
-/// end, else exactly `c.err()`. The one place that says what B's work is.
-inline std::error_code slow_query(const ctx::context& c) {
-  return ctx::sleep_for(c, std::chrono::seconds(10));
 }
 
 /// One call as B saw it.

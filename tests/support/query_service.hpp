@@ -27,17 +27,20 @@
 namespace test {
 
 /// Query.Run: "fast" answers at once; "wait" waits until its context is
-/// done; "slow" runs slow_query(). Every call's context is a child of
+/// done; "slow" runs `slow` (B's slow_query(); by default the same wait as
+/// "wait"). Every call's context is a child of
 /// `parent` with the server's `limit`, if any. `on_start` and `on_end`
 /// (called from gRPC's and the workers' threads) see each call's events.
 class query_service final : public ctx_test::Query::CallbackService {
  public:
   using observer = std::function<void(const query_event&)>;
+  using work = std::function<std::error_code(const ctx::context&)>;
 
   query_service(ctx::context parent, std::optional<std::chrono::nanoseconds> limit, observer on_start = {},
-                observer on_end = {})
+                observer on_end = {}, work slow = {})
       : parent_(std::move(parent)),
         limit_(limit),
+        slow_(std::move(slow)),
         on_start_(std::move(on_start)),
         on_end_(std::move(on_end)) {}
   query_service(const query_service&) = delete;
@@ -63,11 +66,11 @@ class query_service final : public ctx_test::Query::CallbackService {
     workers_.spawn([this, call, e, rep, kind = req->kind()]() mutable {
       const ctx::context c = call->context();
       std::error_code ec;
-      if (kind == "wait") {
+      if (kind == "slow" && slow_) {
+        ec = slow_(c);
+      } else {
         c.wait();
         ec = c.err();
-      } else {
-        ec = slow_query(c);
       }
       end(e, c, ec, rep);
       call->finish(ec);  // the last use of call: it may be deleted from here on
@@ -84,6 +87,7 @@ class query_service final : public ctx_test::Query::CallbackService {
 
   ctx::context parent_;
   std::optional<std::chrono::nanoseconds> limit_;
+  work slow_;
   observer on_start_, on_end_;
   thread_set workers_;
 };

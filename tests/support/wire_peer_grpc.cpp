@@ -18,6 +18,7 @@
 
 #include "peer_main.hpp"
 #include "query_service.hpp"
+#include "slow_query.hpp"
 
 int main(int argc, char** argv) {
   test::peer_init(argc, argv);
@@ -32,7 +33,7 @@ int main(int argc, char** argv) {
       auto log = [](const test::query_event& e) {
         if (e.kind != "fast") test::log_event(e);
       };
-      test::query_service service(root, limit, log, log);
+      test::query_service service(root, limit, log, log, test::slow_query);
       test::grpc_server server(service);
       std::printf("port %d\n", server.port());
       std::fflush(stdout);

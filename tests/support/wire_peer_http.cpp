@@ -17,6 +17,7 @@
 #include "http.hpp"
 #include "peer_main.hpp"
 #include "peer_work.hpp"
+#include "slow_query.hpp"
 
 int main(int argc, char** argv) {
   test::peer_init(argc, argv);
