@@ -10,7 +10,8 @@ function(ctx_grpc_proto target proto)
   get_filename_component(abs "${proto}" ABSOLUTE)
   get_filename_component(dir "${abs}" DIRECTORY)
   get_filename_component(name "${abs}" NAME_WE)
-  set(out "${CMAKE_CURRENT_BINARY_DIR}/${target}")
+  # Under generated/, so that no glob for the directory's programs (examples/example_*) meets it.
+  set(out "${CMAKE_CURRENT_BINARY_DIR}/generated/${target}")
   set(srcs "${out}/${name}.pb.cc" "${out}/${name}.grpc.pb.cc")
   add_custom_command(
     OUTPUT ${srcs} "${out}/${name}.pb.h" "${out}/${name}.grpc.pb.h"

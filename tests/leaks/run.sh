@@ -65,6 +65,7 @@ done
 # by a thread that does not exist in the child: suppressed in valgrind.supp.)
 for mode in return exit quick_exit static_destructor fork fork_while_firing; do run "$b/tests/exit_helper" "$mode"; done
 run "$b/tests/fuzz/ctx_fuzz_replay" tests/fuzz/corpus
+run "$b/tests/fuzz/ctx_propagation_fuzz_replay" tests/fuzz/corpus_propagation
 for e in "$b"/examples/example_*; do
   case "$e" in
     */example_10_postgres | */example_11_pool) launch=("$b/tests/pg_fixture" run /nonexistent --) ;;
