@@ -337,9 +337,9 @@ TEST_CASE("cancels racing quick inserts leave every connection usable", "[postgr
   for (int i = 0; i < 200; ++i) {
     auto [c, cancel] = ctx::with_cancel(ctx::background());
     std::latch start(2);
-    std::thread t([&] {
+    std::thread t([&, &h = cancel] {  // clang 14: no capture of a structured binding
       start.arrive_and_wait();
-      cancel();
+      h();
     });
     start.arrive_and_wait();
     const auto r = ctx::postgres::exec(c, conn.get(), "insert into t values ($1)", i);

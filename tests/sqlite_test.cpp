@@ -580,10 +580,10 @@ TEST_CASE("closing a connection right after a cancelled call is safe", "[sqlite]
     REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
     auto [c, cancel] = ctx::with_cancel(ctx::background());
     std::latch go(1);
-    std::thread t([&] {
+    std::thread t([&, &h = cancel] {  // clang 14: no capture of a structured binding
       go.wait();
       std::this_thread::sleep_for(std::chrono::microseconds(500 * (i % 5)));
-      cancel();
+      h();
     });
     go.count_down();
     CHECK(ctx::sqlite::exec(c, db, long_query) == canceled);
@@ -624,21 +624,21 @@ TEST_CASE("a cancel aimed at the start of the step is never lost", "[sqlite][rea
   REQUIRE(stmt);
   std::mt19937 rng(4321);
   std::uniform_int_distribution<int> spins(0, 400);
-  const auto give_up = steady_clock::now() + 10s;
+  const auto give_up = steady_clock::now() + 5s;
   int runs = 0;
-  for (; runs < 500 && steady_clock::now() < give_up; ++runs) {
+  for (; runs < 300 && steady_clock::now() < give_up; ++runs) {
     auto [c, cancel] = ctx::with_cancel(ctx::background());
     std::atomic<bool> ready{false};
     std::atomic<bool> go{false};
     const int n = spins(rng);
-    std::thread t([&] {
+    std::thread t([&, &h = cancel] {  // clang 14: no capture of a structured binding
       ready.store(true, std::memory_order_release);
       while (!go.load(std::memory_order_acquire)) {
       }
       std::atomic<int> spin{0};
       while (spin.fetch_add(1, std::memory_order_relaxed) < n) {
       }
-      cancel();
+      h();
     });
     while (!ready.load(std::memory_order_acquire)) {
     }
@@ -665,9 +665,9 @@ TEST_CASE("cancels racing quick statements leave a result or the context's error
   for (int i = 0; i < 300; ++i) {
     auto [c, cancel] = ctx::with_cancel(ctx::background());
     std::latch start(2);
-    std::thread t([&] {
+    std::thread t([&, &h = cancel] {  // clang 14: no capture of a structured binding
       start.arrive_and_wait();
-      cancel();
+      h();
     });
     start.arrive_and_wait();
     REQUIRE(ctx::sqlite::bind(ins.get(), i) == std::error_code{});

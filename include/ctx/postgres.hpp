@@ -33,6 +33,7 @@
 #include <sys/socket.h>
 
 #include <array>
+#include <atomic>
 #include <charconv>
 #include <chrono>
 #include <condition_variable>
@@ -347,23 +348,27 @@ class canceller {
     {
       std::lock_guard lock(m_);
       pending_[conn] = st;
+      pending_count_.store(static_cast<int>(pending_.size()), std::memory_order_release);
       jobs_.push_back({pc, conn, st});
-      if (idle_ > 0) {  // a worker waits for work: wake it (no thread to start on this path)
-        cv_.notify_one();
-        return;
-      }
-      if (workers_ >= max_workers) return;
+      if (idle_ > 0) cv_.notify_one();  // a worker waits for work: usually no thread to start
+      if (idle_ >= static_cast<int>(jobs_.size()) || workers_ >= max_workers) return;
       ++workers_;
     }
     try {
-      std::thread([this] { work(); }).detach();
-    } catch (...) {  // no thread: send it from here, as PQcancel users do
+      std::thread([this] { work(true); }).detach();
+    } catch (...) {  // no thread: send it from here, as PQcancel users do, and do not linger
       {
         std::lock_guard lock(m_);
         --workers_;
       }
-      work();
+      work(false);
     }
+  }
+
+  /// True if a cancel request is on its way for some connection: one atomic
+  /// load, so that calls look up their connection only then.
+  [[nodiscard]] bool any_pending() const noexcept {
+    return pending_count_.load(std::memory_order_acquire) != 0;
   }
 
   /// The cancel request on its way for `conn`, or null.
@@ -383,19 +388,22 @@ class canceller {
     std::shared_ptr<cancel_state> state;
   };
 
-  void work() {
+  /// Sends the queued cancel requests; a worker thread (`lingering`) then
+  /// waits a while for more before it ends. The fallback on the caller's
+  /// thread was never counted as a worker.
+  void work(bool lingering) {
     for (;;) {
       job j;
       {
         std::unique_lock lock(m_);
-        if (jobs_.empty()) {
+        if (jobs_.empty() && lingering) {
           ++idle_;
           cv_.wait_for(lock, linger, [this] { return !jobs_.empty(); });
           --idle_;
-          if (jobs_.empty()) {
-            --workers_;
-            return;
-          }
+        }
+        if (jobs_.empty()) {
+          if (lingering) --workers_;
+          return;
         }
         j = std::move(jobs_.front());
         jobs_.pop_front();
@@ -407,6 +415,7 @@ class canceller {
         std::lock_guard lock(m_);
         const auto it = pending_.find(j.conn);
         if (it != pending_.end() && it->second == j.state) pending_.erase(it);
+        pending_count_.store(static_cast<int>(pending_.size()), std::memory_order_release);
       }
       j.state->finish();
     }
@@ -418,6 +427,7 @@ class canceller {
   std::unordered_map<PGconn*, std::shared_ptr<cancel_state>> pending_;
   int workers_ = 0;
   int idle_ = 0;
+  std::atomic<int> pending_count_{0};  // pending_.size(), readable without m_
 };
 
 /// An error of category() for a failure that libpq found or reported about
@@ -535,7 +545,9 @@ template <class Clock, class Send>
   if (c.done()) return {nullptr, c.err()};
   if (!conn) return client_error(nullptr);
   waiter w;
-  if (PQtransactionStatus(conn) == PQTRANS_ACTIVE)
+  // A cancelled call's query in flight, or its cancel request still on its
+  // way (the results may have been read with plain libpq since): finish it.
+  if (PQtransactionStatus(conn) == PQTRANS_ACTIVE || canceller::instance().any_pending())
     if (const std::error_code e = settle(c, conn, w)) return {nullptr, e};
   if (c.done()) return {nullptr, c.err()};
   const nonblocking_scope nb(conn);
