@@ -216,7 +216,7 @@ TEST_CASE("grpc the deadline ends a call in flight on both sides", "[grpc]") {
   // cancellation at the client's deadline, whichever came first.
   CHECK((e.err == "context deadline exceeded" || e.err == "context canceled"));
   CHECK((e.cause == "context deadline exceeded" || e.cause == "context canceled"));
-  CHECK(e.deadline_left_ns > 0);
+  CHECK(e.deadline_left_ns >= 0);  // B had a deadline (0: B's handler began after it, seen under TSan)
   // Not inflated: gRPC rounds to whole milliseconds at both ends and moves
   // the server's deadline between clocks, a few milliseconds at most.
   CHECK(e.deadline_left_ns <= std::chrono::nanoseconds(210ms).count());

@@ -86,8 +86,10 @@ TEST_CASE("grpc across two processes a 300 ms deadline stops the peer's 10 s que
   // not on a loaded machine that delays the request (B's deadline is A's
   // plus that delay): not asserted.
   CHECK((e.cause == "context deadline exceeded" || e.cause == "context canceled"));
-  CHECK(e.deadline_left_ns > 0);
-  CHECK(e.deadline_left_ns <= std::chrono::nanoseconds(302ms).count());  // gRPC keeps whole milliseconds
+  CHECK(e.deadline_left_ns >= 0);  // B had a deadline (0: B's handler began after it, seen under TSan)
+  // Not inflated: gRPC rounds to whole milliseconds at both ends and moves
+  // the server's deadline between clocks (202.2 ms seen for 200 ms under TSan).
+  CHECK(e.deadline_left_ns <= std::chrono::nanoseconds(310ms).count());
   CHECK(e.ended_ns - deadline < margin_ns);  // B stopped within A's deadline plus the margin
   CHECK(e.ended_ns - e.started_ns < std::chrono::nanoseconds(1s).count());
 }
