@@ -72,6 +72,7 @@ done
 # by a thread that does not exist in the child: suppressed in valgrind.supp.)
 for mode in return exit quick_exit static_destructor fork fork_while_firing; do run "$b/tests/exit_helper" "$mode"; done
 run "$b/tests/fuzz/ctx_fuzz_replay" tests/fuzz/corpus
+run "$b/tests/fuzz/ctx_propagation_fuzz_replay" tests/fuzz/corpus_propagation
 # The examples of the core; those of the fd and process adapters (07, 08:
 # real sockets against a 200 ms deadline, and pidfd_open, which valgrind 3.19
 # does not know) are left to LeakSanitizer with the adapters' tests.

@@ -28,7 +28,7 @@ for mode in find_package subdirectory fetchcontent; do
         -DCMAKE_PREFIX_PATH="$work/prefix" -DCTX_SOURCE_DIR="$src" >/dev/null
   cmake --build "$work/$mode" >/dev/null
   "$work/$mode/consumer"
-  for opt in fmt curl redis; do
+  for opt in fmt curl redis grpc; do
     if [ -x "$work/$mode/consumer_$opt" ]; then "$work/$mode/consumer_$opt"; fi
   done
   echo "package: $mode ok"
