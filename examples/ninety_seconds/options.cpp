@@ -35,7 +35,7 @@ leaf). Prints live progress, then both runs side by side, and writes a chart.
                          idle, then release the downstream's stalls (default: deadline + 3s)
   --chart PATH           where to write the SVG chart (default ninety_seconds.svg)
   --check                exit 1 unless the with-ctx run kept its guarantees (the test)
-  --margin D             slack over the deadline that --check allows (default 500ms)
+  --margin D             slack over the deadline that --check allows (default 1s)
   --help
 
 Durations take a unit: 500ms, 2s, 1.5s.

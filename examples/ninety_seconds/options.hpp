@@ -44,7 +44,7 @@ struct options {
 
   // --check: the test's assertions (see check.cpp).
   bool check = false;
-  milliseconds margin{500};  ///< slack over the deadline that --check allows
+  milliseconds margin{1000};  ///< slack over the deadline that --check allows
 };
 
 /// Parses the command line. Returns nullopt after printing the usage (for

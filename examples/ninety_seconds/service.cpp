@@ -37,6 +37,8 @@ std::size_t append(char* data, std::size_t size, std::size_t n, void* body) {
   return size * n;
 }
 
+std::size_t discard(char*, std::size_t size, std::size_t n, void*) { return size * n; }
+
 }  // namespace
 
 /// The service's handler threads: a fixed number, fed by cpp-httplib's
@@ -75,6 +77,12 @@ class handler_pool {
   [[nodiscard]] int busy() const noexcept { return busy_.load(std::memory_order_relaxed); }
   [[nodiscard]] int queued() const noexcept { return queued_.load(std::memory_order_relaxed); }
 
+  /// Waits until no thread is serving a connection and none is queued.
+  void wait_idle() {
+    std::unique_lock lock(m_);
+    idle_.wait(lock, [&] { return busy_.load(std::memory_order_relaxed) == 0 && jobs_.empty(); });
+  }
+
  private:
   struct job {
     std::function<void()> serve;
@@ -82,10 +90,11 @@ class handler_pool {
   };
 
   void work() {
-    for (;;) {
+    for (bool served = false;; served = true) {
       job j;
       {
         std::unique_lock lock(m_);
+        if (served && busy_.fetch_sub(1, std::memory_order_relaxed) == 1) idle_.notify_all();
         cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
         if (jobs_.empty()) return;
         j = std::move(jobs_.front());
@@ -95,15 +104,15 @@ class handler_pool {
       }
       accepted_at = j.accepted;
       j.serve();  // reads the request, runs the handler, writes the answer, closes
-      busy_.fetch_sub(1, std::memory_order_relaxed);
     }
   }
 
   std::mutex m_;
-  std::condition_variable cv_;
+  std::condition_variable cv_;    // a job was queued, or stop
+  std::condition_variable idle_;  // busy_ dropped to 0
   std::deque<job> jobs_;
   bool stopping_ = false;
-  std::atomic<int> busy_{0}, queued_{0};
+  std::atomic<int> busy_{0}, queued_{0};  // changed under m_; read by the sampler without it
   std::vector<std::thread> threads_;
 };
 
@@ -178,6 +187,25 @@ service::service(const service_options& o, connection_pool& pool, connection_poo
   ::listen(listen_fd_, SOMAXCONN);
   listener_ = std::thread([this] { http_->listen_after_bind(); });
   listening_.wait();
+  wait_ready();
+}
+
+void service::wait_ready() {
+  // The service answers, and the handler thread that answered is back in the
+  // pool. (Also for ThreadSanitizer: cpp-httplib initializes a function-local
+  // static when it parses its first request, behind a guard that TSan cannot
+  // see in the uninstrumented library; every later request is taken from the
+  // pool's queue after that thread went back to it, an order that TSan sees.)
+  const std::string url = "http://127.0.0.1:" + std::to_string(port_) + "/debug/contexts";
+  CURL* h = curl_easy_init();
+  curl_easy_setopt(h, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
+  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+  auto [c, cancel] = ctx::with_timeout(ctx::background(), std::chrono::seconds(10));
+  const std::error_code ec = ctx::curl::perform(c, h);
+  curl_easy_cleanup(h);
+  if (ec) throw std::runtime_error("service: not ready: " + ec.message());
+  handlers_->wait_idle();
 }
 
 service::~service() {

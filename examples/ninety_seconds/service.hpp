@@ -93,6 +93,7 @@ class service {
 
  private:
   class audit_token;
+  void wait_ready();
   void handle_quote(const std::string& trace, int user, int& status, std::string& body);
   [[nodiscard]] std::error_code quote_for(const ctx::context& c, ctx::context::time_point deadline,
                                           const std::string& trace, int user, std::string& body);
