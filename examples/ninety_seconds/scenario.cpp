@@ -124,10 +124,10 @@ class sampler {
 };
 
 std::string describe_state(const sample& s, const run_result& r) {
-  return std::to_string(s.g.threads_busy) + " of " + std::to_string(r.threads) + " handler threads busy, " +
-         std::to_string(s.g.db_checked_out) + " of " + std::to_string(r.connections) + " connections out, " +
+  return std::to_string(s.g.threads_busy) + "/" + std::to_string(r.threads) + " threads and " +
+         std::to_string(s.g.db_checked_out) + "/" + std::to_string(r.connections) + " connections held, " +
          std::to_string(s.g.downstream) + " downstream calls hanging, " + std::to_string(s.g.queued) +
-         " requests queued";
+         " queued";
 }
 
 }  // namespace
