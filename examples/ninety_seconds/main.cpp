@@ -14,9 +14,12 @@
 // store_sqlite.cpp and store_postgres.cpp (the database), downstream.cpp,
 // load.cpp (the callers), scenario.cpp (one run, its sampler and cut-off),
 // report.cpp (progress, table, chart), check.cpp (the test's assertions).
+#include <ctx/curl.hpp>
+
 #include <curl/curl.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <exception>
@@ -26,8 +29,6 @@
 #include "options.hpp"
 #include "report.hpp"
 #include "scenario.hpp"
-
-#include <ctx/curl.hpp>
 
 namespace {
 
