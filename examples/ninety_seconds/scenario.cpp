@@ -151,6 +151,9 @@ run_result run_scenario(const options& o, bool ignore_context, progress& out) {
   so.ignore_context = ignore_context;
   so.downstream_url = down.url();
   service svc(so, pool, audit_pool);
+  out.event("service at http://127.0.0.1:" + std::to_string(svc.port()) + "/quote (" + r.database +
+            "), its contexts at http://127.0.0.1:" + std::to_string(svc.admin_port()) +
+            "/debug/contexts; downstream at " + down.url());
 
   load_options lo;
   lo.url = "http://127.0.0.1:" + std::to_string(svc.port()) + "/quote";

@@ -176,9 +176,8 @@ service::service(const service_options& o, connection_pool& pool, connection_poo
     res.status = status;
     res.set_content(body, "text/plain");
   });
-  http_->Get("/debug/contexts", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content(live_context_report(), "text/plain");
-  });
+  http_->Get("/ready",
+             [](const httplib::Request&, httplib::Response& res) { res.set_content("ok", "text/plain"); });
   port_ = http_->bind_to_any_port("127.0.0.1");
   if (port_ <= 0) throw std::runtime_error("service: cannot listen on 127.0.0.1");
   // cpp-httplib 0.11 listens with a backlog of 5 (fixed when it was built):
@@ -189,10 +188,28 @@ service::service(const service_options& o, connection_pool& pool, connection_poo
   listening_.wait();
   try {
     wait_ready();
+    start_admin();
   } catch (...) {
     stop();  // a joinable listener must not be destroyed
     throw;
   }
+}
+
+void service::start_admin() {
+  // The debug endpoints get a listener and a thread of their own: they must
+  // answer when every handler thread is stuck, which is when they matter.
+  admin_ = std::make_unique<httplib::Server>();
+  admin_->new_task_queue = [this] {
+    admin_listening_.count_down();
+    return new httplib::ThreadPool(1);
+  };
+  admin_->Get("/debug/contexts", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(live_context_report(), "text/plain");
+  });
+  admin_port_ = admin_->bind_to_any_port("127.0.0.1");
+  if (admin_port_ <= 0) throw std::runtime_error("service: cannot listen on 127.0.0.1 for /debug");
+  admin_listener_ = std::thread([this] { admin_->listen_after_bind(); });
+  admin_listening_.wait();  // stop() does nothing to a server that is not listening yet
 }
 
 void service::wait_ready() {
@@ -201,7 +218,7 @@ void service::wait_ready() {
   // static when it parses its first request, behind a guard that TSan cannot
   // see in the uninstrumented library; every later request is taken from the
   // pool's queue after that thread went back to it, an order that TSan sees.)
-  const std::string url = "http://127.0.0.1:" + std::to_string(port_) + "/debug/contexts";
+  const std::string url = "http://127.0.0.1:" + std::to_string(port_) + "/ready";
   CURL* h = curl_easy_init();
   curl_easy_setopt(h, CURLOPT_URL, url.c_str());
   curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
@@ -219,9 +236,14 @@ service::~service() {
 }
 
 void service::stop() {
-  if (!listener_.joinable()) return;
-  http_->stop();
-  listener_.join();  // the listener shuts the handler pool down: what it accepted is served
+  if (admin_listener_.joinable()) {
+    admin_->stop();
+    admin_listener_.join();
+  }
+  if (listener_.joinable()) {
+    http_->stop();
+    listener_.join();  // the listener shuts the handler pool down: what it accepted is served
+  }
 }
 
 void service::handle_quote(const std::string& trace, int user, int& status, std::string& body) {

@@ -12,6 +12,8 @@
 // Requests are served by a fixed pool of handler threads (a cpp-httplib
 // TaskQueue of our own, which also counts them). A request's deadline counts
 // from when its connection was accepted, not from when a thread got to it.
+// GET /debug/contexts is served on a port and a thread of its own
+// (admin_port()), so that it answers while every handler thread is stuck.
 //
 // Thread safety: the gauges and counters may be read from any thread while
 // the service runs.
@@ -79,6 +81,8 @@ class service {
   ~service();
 
   [[nodiscard]] int port() const noexcept { return port_; }
+  /// The port of the debug endpoints (GET /debug/contexts).
+  [[nodiscard]] int admin_port() const noexcept { return admin_port_; }
   [[nodiscard]] service_gauges gauges() const noexcept;
   [[nodiscard]] service_counts counts() const noexcept;
 
@@ -94,6 +98,7 @@ class service {
  private:
   class audit_token;
   void wait_ready();
+  void start_admin();
   void handle_quote(const std::string& trace, int user, int& status, std::string& body);
   [[nodiscard]] std::error_code quote_for(const ctx::context& c, ctx::context::time_point deadline,
                                           const std::string& trace, int user, std::string& body);
@@ -110,6 +115,10 @@ class service {
   int listen_fd_ = -1;
   int port_ = 0;
   std::thread listener_;
+  std::unique_ptr<httplib::Server> admin_;
+  std::latch admin_listening_{1};
+  int admin_port_ = 0;
+  std::thread admin_listener_;
 
   std::atomic<int> downstream_{0};
   std::atomic<long> ok_{0}, deadline_{0}, failed_{0}, audits_written_{0}, audits_failed_{0};
@@ -122,8 +131,8 @@ class service {
 /// The live-context report: the request contexts that are done but still
 /// held by a thread, with where they were made. It will come from
 /// ctx::inspect (being built on another branch); until then it is empty, and
-/// the demo prints nothing for it. Served at GET /debug/contexts, and printed
-/// by the run without ctx at its cut-off.
+/// the demo prints nothing for it. Served at GET /debug/contexts on the
+/// admin port, and printed by the run without ctx at its cut-off.
 [[nodiscard]] std::string live_context_report();
 
 }  // namespace demo
