@@ -799,6 +799,93 @@ TEST_CASE("a callback may drop the last reference to its context", "[after_func]
   CHECK(ran);
 }
 
+namespace {
+
+/// A context made and registered inside a callback, on the memory a node
+/// freed too early would be reused from (the per-thread node cache): a
+/// cancel still touching the freed node would run this callback.
+struct bystander {
+  ctx::context c;
+  ctx::cancel_handle cancel;
+  ctx::registration reg;
+  int runs = 0;
+  void make() {
+    auto d = ctx::with_cancel(ctx::background());
+    reg = ctx::after_func(d.context, [this] { ++runs; });
+    c = std::move(d.context);
+    cancel = std::move(d.cancel);
+  }
+};
+
+}  // namespace
+
+// Regression (issue 9, bug 1): the handle and the registration held the last
+// two references, the callback destroyed both, and the cancel kept using the
+// freed node (under ASan a heap-use-after-free; without it, the next node from
+// the cache had its callback run by a cancel nobody made).
+TEST_CASE("a callback may destroy the handle whose call is running it and its own registration",
+          "[after_func]") {
+  struct owner {
+    ctx::cancel_handle cancel;
+    ctx::registration reg;
+  };
+  for (const bool with_cause : {false, true}) {
+    auto o = std::make_unique<owner>();
+    bystander other;
+    int runs = 0;
+    {
+      auto d = ctx::with_cancel(ctx::background());
+      o->cancel = std::move(d.cancel);
+      o->reg = ctx::after_func(d.context, [&o, &other, &runs] {
+        auto& next = other;  // the closure dies with o->reg: take what is needed first
+        auto& count = runs;
+        ++count;
+        o.reset();  // the last two references: the handle being called and this registration
+        next.make();
+      });
+    }  // the context itself is gone
+    if (with_cause)
+      o->cancel(P);
+    else
+      o->cancel();
+    CHECK(runs == 1);
+    CHECK(o == nullptr);
+    CHECK(other.runs == 0);
+    CHECK_FALSE(other.c.done());
+  }
+}
+
+TEST_CASE("a stop callback may destroy the handle whose call is running it and the last context",
+          "[stop_token]") {
+  struct owner;
+  struct on_stop {
+    std::unique_ptr<owner>* self;
+    bystander* other;
+    void operator()() const noexcept {
+      auto* next = other;
+      self->reset();  // destroys this stop callback, the last context and the handle being called
+      next->make();
+    }
+  };
+  struct owner {
+    ctx::context c;
+    ctx::cancel_handle cancel;
+    std::optional<std::stop_callback<on_stop>> cb;
+  };
+  auto o = std::make_unique<owner>();
+  bystander other;
+  {
+    auto d = ctx::with_cancel(ctx::background());
+    o->c = std::move(d.context);
+    o->cancel = std::move(d.cancel);
+  }
+  o->cb.emplace(o->c.stop_token(), on_stop{&o, &other});
+  o->cancel();
+  CHECK(o == nullptr);
+  CHECK(other.runs == 0);
+  CHECK_FALSE(other.c.done());
+}
+
 TEST_CASE("the callable is destroyed with the registration", "[after_func]") {
   auto token = std::make_shared<int>(1);
   std::weak_ptr<int> watch = token;

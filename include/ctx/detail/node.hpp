@@ -347,11 +347,32 @@ inline void fire_hooks(cancel_node* n) noexcept {
 /// Runs what a node triggers once done: its stop source, its timer's removal,
 /// its after_func callbacks. Called outside all locks; may run user code. A
 /// node with nothing of that (the common leaf) costs two loads here.
+/// Precondition: the caller holds a reference to `n` that no callback can
+/// drop (a reference of the cancel's own).
 inline void fire(cancel_node* n) noexcept {
   if (n->has_hooks) [[unlikely]]
     fire_hooks(n);
   else if (n->ops->on_cancel)
     n->ops->on_cancel(n);
+}
+
+/// fire() for the node a cancel was called on, whose caller's reference a
+/// callback may drop: a callback may destroy the handle whose call runs it,
+/// its own registration and the last context (the documentation allows each),
+/// and fire_hooks reads the node after every callback. So the cancel takes a
+/// reference of its own first, before any user code can run. Only a node with
+/// hooks pays for it (two atomic operations beside its mutex); the hot path,
+/// a cancel with nothing attached, pays nothing.
+/// Precondition: the caller holds a reference to `n`, and no user code ran
+/// since it was checked.
+inline void fire_called(cancel_node* n) noexcept {
+  if (n->has_hooks) [[unlikely]] {
+    acquire(n);
+    fire_hooks(n);
+    release(n);  // may destroy `n` (and its ancestors' values): nothing touches it afterwards
+  } else if (n->ops->on_cancel) {
+    n->ops->on_cancel(n);  // removes a timer: no user code
+  }
 }
 
 /// Cancels `root` and every descendant.
@@ -390,7 +411,7 @@ inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noex
   if (!work) {  // no child to mark (the common `cancel()` of a request's own context)
     settle(root);
     unlink_from_parent(root);
-    fire(root);
+    fire_called(root);
     return;
   }
 
@@ -446,8 +467,9 @@ inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noex
   // A cancelled child leaves its parent's list at once.
   unlink_from_parent(root);
 
-  // Phase 2: wake-ups and callbacks, then drop the references phase 1 took.
-  fire(root);
+  // Phase 2: wake-ups and callbacks, then drop the references phase 1 took
+  // (which keep every marked descendant alive through its own callbacks).
+  fire_called(root);
   while (marked) {
     cancel_node* m = marked;
     marked = m->next_sib;
