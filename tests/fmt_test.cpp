@@ -43,3 +43,13 @@ TEST_CASE("errc prints its message and honours string specs", "[fmt]") {
 TEST_CASE("a context rejects format specs", "[fmt]") {
   CHECK_THROWS_AS(fmt::format(fmt::runtime("{:x}"), ctx::background()), fmt::format_error);
 }
+
+// Regression (issue 9, bug 7): `when - now` overflowed for a time_point::min()
+// deadline, and a done context printed a deadline far in the future.
+TEST_CASE("a deadline at the start of time prints as far in the past", "[fmt]") {
+  manual::advance(1s);  // now > 0: min() - now does not fit
+  auto [c, cancel] = ctx::with_deadline(ctx::background<manual>(), manual::time_point::min());
+  REQUIRE(c.done());
+  CHECK(fmt::format("{}", c) ==
+        "background.with_deadline(-9223372036.855s)");  // saturated at duration::min()
+}

@@ -26,6 +26,7 @@
 #include <utility>
 
 #include "detail/node.hpp"
+#include "detail/time_arith.hpp"
 #include "detail/timer_service.hpp"
 #include "error.hpp"
 #include "key.hpp"
@@ -117,9 +118,7 @@ class basic_context {
   /// it has passed (even before the timer marks the context done). Reads the clock.
   [[nodiscard]] duration remaining() const noexcept {
     if (!n_->dl) return duration::max();
-    const time_point when = static_cast<const detail::deadline_node<Clock>*>(n_->dl)->when;
-    const time_point now = Clock::now();
-    return when <= now ? duration::zero() : when - now;
+    return detail::time_until(static_cast<const detail::deadline_node<Clock>*>(n_->dl)->when, Clock::now());
   }
 
   /// A `std::stop_token` on which stop is requested when this context is
@@ -308,49 +307,6 @@ struct access {
   }
 };
 
-/// `now + t`, rounded up to the clock's tick and saturated at time_point::max().
-template <class TimePoint, class Rep, class Period>
-[[nodiscard]] TimePoint saturating_add(TimePoint now, std::chrono::duration<Rep, Period> t) noexcept {
-  using D = typename TimePoint::duration;
-  using wide = std::chrono::duration<long double>;
-  if (!(t > t.zero())) return now;
-  const D headroom = TimePoint::max() - now;
-  // Signed integers, and `t`'s period a whole multiple of D's (2s, 1h, 5ms
-  // into nanoseconds): exact integer arithmetic, no long double (which costs
-  // more than the rest of with_timeout's arithmetic).
-  using R = std::ratio_divide<Period, typename D::period>;
-  if constexpr (std::is_integral_v<Rep> && std::is_signed_v<Rep> && std::is_integral_v<typename D::rep> &&
-                std::is_signed_v<typename D::rep> && sizeof(Rep) <= sizeof(std::intmax_t) && R::den == 1) {
-    // t * num > headroom exactly when t > floor(headroom / num); else t * num fits.
-    if (static_cast<std::intmax_t>(t.count()) > static_cast<std::intmax_t>(headroom.count()) / R::num)
-      return TimePoint::max();
-    const D dt(static_cast<typename D::rep>(static_cast<std::intmax_t>(t.count()) * R::num));
-    return dt >= headroom ? TimePoint::max() : now + dt;
-  }
-  if (wide(t) >= wide(headroom)) return TimePoint::max();
-  D dt;
-  if constexpr (std::chrono::treat_as_floating_point_v<Rep> || std::chrono::treat_as_floating_point_v<typename D::rep>)
-    dt = std::chrono::duration_cast<D>(t);
-  else
-    dt = std::chrono::ceil<D>(t);
-  return dt >= headroom ? TimePoint::max() : now + dt;
-}
-
-/// `d` in the clock's own time_point type, rounded up, saturated at both ends.
-template <class TimePoint, class Clock, class D2>
-[[nodiscard]] TimePoint saturating_cast(std::chrono::time_point<Clock, D2> d) noexcept {
-  using D = typename TimePoint::duration;
-  using wide = std::chrono::duration<long double>;
-  if constexpr (std::is_same_v<D2, D>) return d;  // the clock's own time_point: nothing to convert
-  if (wide(d.time_since_epoch()) >= wide(TimePoint::max().time_since_epoch())) return TimePoint::max();
-  if (wide(d.time_since_epoch()) <= wide(TimePoint::min().time_since_epoch())) return TimePoint::min();
-  if constexpr (std::chrono::treat_as_floating_point_v<typename D2::rep> ||
-                std::chrono::treat_as_floating_point_v<typename D::rep>)
-    return std::chrono::time_point_cast<D>(d);
-  else
-    return std::chrono::ceil<D>(d);
-}
-
 /// `now`, when given, is a clock reading taken just before `when` was
 /// computed (with_timeout's), so the born-done check needs no second read.
 template <class Clock>
@@ -415,23 +371,28 @@ template <class Clock>
 /// or equal, no timer is made and `cause` is unused. A deadline now or in the
 /// past makes the child born done with `deadline_exceeded`. `cause` becomes
 /// cause() only if this deadline is what ends the context. `d` may have any
-/// duration type; it is rounded up to the clock's tick and saturates at
-/// `time_point::max()` (which never fires). Throws std::bad_alloc, or
-/// std::system_error if the timer thread cannot be started.
+/// duration type, integral or floating-point; it is rounded up to the
+/// clock's tick (a deadline never fires early) and saturates at
+/// `time_point::min()` and `time_point::max()` (which never fires); a NaN
+/// deadline is already passed. Throws std::bad_alloc, or std::system_error
+/// if the timer thread cannot be started.
 template <class Clock, class Duration>
 [[nodiscard]] derived<Clock> with_deadline(const basic_context<Clock>& parent,
                                            std::chrono::time_point<Clock, Duration> d,
                                            std::error_code cause = {}) {
-  return detail::derive_deadline(parent, detail::saturating_cast<typename Clock::time_point>(d), cause);
+  return detail::derive_deadline(parent, detail::ceil_time_point<typename Clock::time_point>(d), cause);
 }
 
-/// `with_deadline(parent, Clock::now() + t, cause)`, saturating: `t <= 0` is
-/// already expired, and `duration::max()` of any type never overflows.
+/// `with_deadline(parent, Clock::now() + t, cause)`, saturating: `t <= 0`
+/// (and NaN) is already expired, `t` is rounded up to the clock's tick (so a
+/// floating-point `1.5ns` waits 2 ns, and a positive `t` never expires at
+/// once), and `duration::max()` or +infinity of any type never overflows:
+/// it never fires.
 template <class Clock, class Rep, class Period>
 [[nodiscard]] derived<Clock> with_timeout(const basic_context<Clock>& parent, std::chrono::duration<Rep, Period> t,
                                           std::error_code cause = {}) {
   const typename Clock::time_point now = Clock::now();
-  return detail::derive_deadline(parent, detail::saturating_add(now, t), cause, &now);
+  return detail::derive_deadline(parent, detail::deadline_after(now, t), cause, &now);
 }
 
 /// A child that is also done (with `errc::canceled`) when stop is requested

@@ -35,11 +35,12 @@ struct manual_clock {
   [[nodiscard]] static time_point now() noexcept { return time_point(duration(ticks().load(std::memory_order_acquire))); }
 
   /// Moves the clock forward by `d` and fires every timer now due, on this
-  /// thread, before returning. Throws std::invalid_argument if `d` is negative.
+  /// thread, before returning. Saturates at time_point::max(). Throws
+  /// std::invalid_argument if `d` is negative.
   static void advance(duration d) {
     if (d < duration::zero()) throw std::invalid_argument("ctx::testing::manual_clock::advance: negative duration");
     std::lock_guard lock(mutex());
-    const time_point t = now() + d;
+    const time_point t = detail::deadline_after(now(), d);  // saturates at max()
     ticks().store(t.time_since_epoch().count(), std::memory_order_release);
     detail::timer_service<manual_clock>::instance().fire_due(t);
   }

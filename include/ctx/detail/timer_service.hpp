@@ -28,9 +28,11 @@
 #include <mutex>
 #include <new>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "node.hpp"
+#include "time_arith.hpp"
 
 namespace ctx::testing {
 struct manual_clock;
@@ -162,6 +164,26 @@ class timer_service {
         });
   }
 
+  /// Sleeps until `next` on Clock, or until notified. steady_clock and
+  /// system_clock deadlines are waited for as they are (absolute, so a
+  /// system_clock change is followed). For any other clock the standard wait
+  /// would compute `next - Clock::now()` and add it to steady_clock::now(),
+  /// overflowing for a far deadline (or a clock whose now() is negative, as
+  /// file_clock's): wait for the time left instead, saturated, and at most a
+  /// second at a time, so that a clock that jumps is looked at again soon.
+  void sleep_until(std::unique_lock<std::mutex>& lock, time_point next) {
+    if constexpr (std::is_same_v<Clock, std::chrono::steady_clock> ||
+                  std::is_same_v<Clock, std::chrono::system_clock>) {
+      cv_.wait_until(lock, next);
+    } else {
+      const typename Clock::duration left = time_until(next, Clock::now());
+      if (left > std::chrono::seconds(1))
+        cv_.wait_for(lock, std::chrono::seconds(1));
+      else
+        cv_.wait_for(lock, left);
+    }
+  }
+
   /// Pops the earliest timer if due, with a reference on its node.
   dnode* pop_due(time_point now) {
     std::lock_guard lock(mu_);
@@ -200,7 +222,7 @@ class timer_service {
       const time_point next = heap_[0].when;
       if (Clock::now() < next) {
         wake_at_ = next;
-        cv_.wait_until(lock, next);
+        sleep_until(lock, next);
         continue;
       }
       wake_at_ = time_point::min();  // awake: it looks at the heap again before sleeping
