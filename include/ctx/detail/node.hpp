@@ -94,6 +94,10 @@ inline constexpr std::uint32_t st_flags = st_waiters | st_busy;
   static const std::error_code none;
   return none;
 }
+/// Makes no_error()'s object before main(), so that no thread is ever inside
+/// its first initialisation when another calls fork(): the child would wait
+/// for that initialisation's guard for ever.
+inline const std::error_code& no_error_made_before_main = no_error();
 [[nodiscard]] inline std::error_code err_of_state(std::uint32_t s) noexcept {
   if (!(s & st_done)) return no_error();
   return make_error_code(static_cast<errc>((s & ~st_flags) >> st_err_shift));

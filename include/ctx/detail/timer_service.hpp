@@ -11,12 +11,18 @@
 // so a node is never scheduled after it was marked done; the cancel algorithm
 // removes the timer of every deadline node it marks (node_ops::on_cancel).
 //
-// fork(): the service's mutex is held across fork() (pthread_atfork), so the
-// child never inherits it locked, and fork() first waits for a timer the
-// timer thread is firing (its stop requests and callbacks) to finish, so the
-// child never inherits a context half fired. The child has no timer thread;
-// the next deadline scheduled in the child starts a new one, which then also
-// fires the deadlines inherited from the parent.
+// fork(): fork() never waits for the timer thread, nor for any callback
+// (which may itself wait for a lock the forking thread holds). The service's
+// own mutex, held only by the short library code that edits the heap (never
+// while user code runs), is taken across fork() by a pthread_atfork handler
+// so that the child inherits a consistent heap, which it then empties:
+// deadlines inherited from the parent never fire in the child. The child has
+// no timer thread; its first deadline starts one, which fires the child's own
+// deadlines only and so never touches a context the parent's threads may
+// have left locked or half cancelled at the fork. An inherited context can
+// still be cancelled in the child (its timer is simply gone). The service is
+// made before main() (see instance()), so a fork() can never find another
+// thread inside its construction.
 #pragma once
 
 #include <pthread.h>
@@ -79,9 +85,13 @@ class timer_service {
   using dnode = deadline_node<Clock>;
 
   /// The process-wide service. It is never destroyed, so timers still pending
-  /// at exit, and a timer thread still running then, stay safe.
+  /// at exit, and a timer thread still running then, stay safe. It is made
+  /// before main() (by `made_before_main_`), so no thread can be inside this
+  /// function-local static's initialisation when another one calls fork():
+  /// the child would wait for that initialisation for ever.
   [[nodiscard]] static timer_service& instance() {
     static timer_service* const s = new timer_service;  // intentionally immortal
+    static_cast<void>(&made_before_main_);              // odr-use: instantiates it
     return *s;
   }
 
@@ -143,25 +153,24 @@ class timer_service {
     dnode* n;
   };
 
-  timer_service() {
-    pthread_atfork(
-        [] {
-          timer_service& s = instance();
-          std::unique_lock lock(s.mu_);
-          // Not from a callback on the timer thread itself: it would wait for itself.
-          if (std::this_thread::get_id() != s.thread_id_) s.fired_.wait(lock, [&s] { return !s.firing_; });
-          lock.release();  // held across fork()
-        },
-        [] { instance().mu_.unlock(); },
-        [] {
-          timer_service& s = instance();
-          s.started_ = false;  // the thread did not survive the fork
-          s.firing_ = false;
-          // Waiters of the parent do not exist here: start from clean condition variables.
-          new (&s.cv_) std::condition_variable();
-          new (&s.fired_) std::condition_variable();
-          s.mu_.unlock();
-        });
+  timer_service() { ::pthread_atfork(&prepare_fork, &after_fork_in_parent, &after_fork_in_child); }
+
+  // fork(): see the file comment. prepare_fork waits only for a thread inside
+  // one of the service's short critical sections, which run no user code.
+  static void prepare_fork() noexcept { instance().mu_.lock(); }
+  static void after_fork_in_parent() noexcept { instance().mu_.unlock(); }
+  static void after_fork_in_child() noexcept {
+    timer_service& s = instance();
+    // Inherited deadlines never fire here: forget them. Their nodes are alive
+    // (a node leaves the heap before it can be freed), so their slots can be
+    // reset, and cancelling one in the child finds no timer to remove.
+    for (const entry& e : s.heap_) e.n->slot = dnode::no_slot;
+    s.heap_.clear();
+    s.wake_at_ = time_point::max();
+    s.started_ = false;  // the timer thread did not survive the fork
+    // Threads waiting on it in the parent do not exist here.
+    new (&s.cv_) std::condition_variable();
+    s.mu_.unlock();
   }
 
   /// Sleeps until `next` on Clock, or until notified. steady_clock and
@@ -212,7 +221,6 @@ class timer_service {
 
   void run() {
     std::unique_lock lock(mu_);
-    thread_id_ = std::this_thread::get_id();
     for (;;) {
       if (heap_.empty()) {
         wake_at_ = time_point::max();
@@ -229,12 +237,9 @@ class timer_service {
       dnode* n = heap_[0].n;
       pop_top();
       if (!try_acquire(n)) continue;
-      firing_ = true;
-      lock.unlock();
+      lock.unlock();  // never holds the mutex while user code runs (callbacks, stop requests)
       fire_one(n);
       lock.lock();
-      firing_ = false;
-      fired_.notify_all();  // a fork() waiting in the prepare handler
     }
   }
 
@@ -269,14 +274,13 @@ class timer_service {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::condition_variable fired_;  // firing_ turned false
   std::vector<entry> heap_;
   // When the timer thread next looks at the heap on its own: the deadline it
   // sleeps until, max() when it waits for work, min() while it is awake.
   time_point wake_at_ = time_point::max();
   bool started_ = false;
-  bool firing_ = false;       // the timer thread fires a timer, outside mu_
-  std::thread::id thread_id_;  // of the timer thread
+
+  inline static timer_service* const made_before_main_ = &instance();
 };
 
 }  // namespace ctx::detail

@@ -82,6 +82,12 @@ inline void forget_wake_fd_after_fork() noexcept {
   ::new (static_cast<void*>(&h.cb)) std::optional<std::stop_callback<wake_on_stop>>();
 }
 
+/// Registers forget_wake_fd_after_fork before main(): registering it on the
+/// first wait instead, in a function-local static, could leave its guard held
+/// by another thread at a fork(), and the child would wait for it for ever.
+inline const bool wake_fd_fork_handler_registered =
+    ::pthread_atfork(nullptr, nullptr, &forget_wake_fd_after_fork) == 0;
+
 /// The calling thread's wake-up eventfd, or -1 (errno set) if it could not be made.
 ///
 /// Created once per thread, non-blocking and close-on-exec, and closed when
@@ -90,8 +96,6 @@ inline void forget_wake_fd_after_fork() noexcept {
 [[nodiscard]] inline int thread_wake_fd() noexcept {
   wake_fd_holder& h = this_thread_wake_fd_holder();
   if (h.fd < 0) [[unlikely]] {
-    static const bool at_fork = ::pthread_atfork(nullptr, nullptr, &forget_wake_fd_after_fork) == 0;
-    (void)at_fork;
     h.fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   }
   return h.fd;
