@@ -15,6 +15,7 @@
 // fork: the other threads are blocked, or loop on calls that allocate nothing.
 #include <ctx/condition_variable.hpp>
 #include <ctx/ctx.hpp>
+#include <ctx/testing.hpp>
 
 #include <poll.h>
 #include <sys/syscall.h>
@@ -34,6 +35,7 @@
 #include "support/catch.hpp"
 
 using namespace std::chrono_literals;
+using manual = ctx::testing::manual_clock;
 
 namespace {
 
@@ -227,6 +229,29 @@ int fork_from_a_callback_on_the_timer_thread() {
   return child_rc.load() == 0 ? 0 : 50;
 }
 
+// Another thread is inside manual_clock::advance() (in a callback it fired)
+// at the fork: the child's own advance() must neither hang nor skip timers.
+int child_of_a_parent_inside_a_manual_clock_advance_can_advance() {
+  auto d = ctx::with_timeout(ctx::background<manual>(), 1s);
+  std::latch in_callback(1);
+  std::latch release(1);
+  auto reg = ctx::after_func(d.context, [&] {
+    in_callback.count_down();
+    release.wait();
+  });
+  std::thread mover([] { manual::advance(1s); });
+  in_callback.wait();
+  const pid_t pid = fork_child([] {
+    auto [own, cancel] = ctx::with_timeout(ctx::background<manual>(), 1s);
+    manual::advance(1s);
+    return own.err() == deadline_exceeded ? 0 : 1;
+  });
+  const int rc = wait_for_child(pid, 10s);
+  release.count_down();
+  mover.join();
+  return rc == 0 ? 0 : rc == timed_out ? 61 : 62;
+}
+
 }  // namespace
 
 TEST_CASE("fork does not wait for a callback blocked on a mutex the forking thread holds", "[fork]") {
@@ -250,4 +275,8 @@ TEST_CASE("deadlines inherited from the parent never fire in the child", "[fork]
 
 TEST_CASE("fork from a callback on the timer thread works", "[fork]") {
   CHECK(run_scenario(fork_from_a_callback_on_the_timer_thread, 30s) == 0);
+}
+
+TEST_CASE("a child forked while another thread is inside a manual clock advance can advance", "[fork]") {
+  CHECK(run_scenario(child_of_a_parent_inside_a_manual_clock_advance_can_advance, 30s) == 0);
 }

@@ -328,9 +328,18 @@ derived<Clock> derive_deadline(const basic_context<Clock>& parent, typename Cloc
   if (when <= (now ? *now : Clock::now())) {
     cancel(n, errc::deadline_exceeded, nullptr);
   } else if (when != Clock::time_point::max()) {
-    tiny_lock lock(n->mtx);
-    if (!(n->state.load(std::memory_order_relaxed) & st_done))
-      timer_service<Clock>::instance().schedule(n);  // on throw, `result` cancels and frees n
+    {
+      tiny_lock lock(n->mtx);
+      if (!(n->state.load(std::memory_order_relaxed) & st_done))
+        timer_service<Clock>::instance().schedule(n);  // on throw, `result` cancels and frees n
+    }
+    // A manual clock moved past `when` by another thread between the reading
+    // above and the insertion found no timer to fire. Either that move's
+    // search of the heap came after the insertion (both hold the service's
+    // mutex) and fires it, or the move's new time is visible here: then the
+    // timer is overdue and fires now, at insertion.
+    if constexpr (manual_timers<Clock>)
+      if (when <= Clock::now()) cancel(n, errc::deadline_exceeded, nullptr);
   }
   return result;
 }

@@ -136,8 +136,17 @@ class timer_service {
     if (heap_.capacity() > 4096 && heap_.size() < heap_.capacity() / 8) heap_.shrink_to_fit();
   }
 
-  /// Fires every timer due at `now` on the calling thread (manual clocks).
-  void fire_due(time_point now) {
+  /// Moves a manual clock and fires, on the calling thread and in deadline
+  /// order, every timer due at the new time: `move()` stores the new time and
+  /// returns it. Serialised with every other move (so that a timer due when
+  /// one returns has fired), and re-entrant: a callback that a move fires
+  /// may move the clock again; the inner move fires what its new time makes
+  /// due before it returns, and the outer one then finds nothing left.
+  template <class Move>
+  void advance(Move&& move) {
+    static_assert(manual_timers<Clock>);
+    std::lock_guard lock(advance_mu_);
+    const time_point now = move();
     while (dnode* n = pop_due(now)) fire_one(n);
   }
 
@@ -168,8 +177,10 @@ class timer_service {
     s.heap_.clear();
     s.wake_at_ = time_point::max();
     s.started_ = false;  // the timer thread did not survive the fork
-    // Threads waiting on it in the parent do not exist here.
+    // Threads waiting on these in the parent do not exist here; a thread
+    // inside a move of a manual clock may have held the advance lock.
     new (&s.cv_) std::condition_variable();
+    if constexpr (manual_timers<Clock>) new (&s.advance_mu_) std::recursive_mutex();
     s.mu_.unlock();
   }
 
@@ -279,6 +290,8 @@ class timer_service {
   // sleeps until, max() when it waits for work, min() while it is awake.
   time_point wake_at_ = time_point::max();
   bool started_ = false;
+  // Manual clocks: serialises the moves of the clock (see advance()).
+  std::recursive_mutex advance_mu_;
 
   inline static timer_service* const made_before_main_ = &instance();
 };
