@@ -59,6 +59,14 @@ TEST_CASE("every derivation returns the same move-only cancel handle type", "[co
   STATIC_REQUIRE(std::is_nothrow_move_constructible_v<ctx::cancel_handle>);
 }
 
+TEST_CASE("derived defaults to the steady clock as basic_context does", "[context]") {
+  STATIC_REQUIRE(std::is_same_v<ctx::derived<>, ctx::derived<std::chrono::steady_clock>>);
+  STATIC_REQUIRE(std::is_same_v<ctx::derived<>, decltype(ctx::with_cancel(ctx::context{}))>);
+  ctx::derived<> d = ctx::with_cancel(ctx::background());
+  d.cancel();
+  CHECK(d.context.err() == canceled);
+}
+
 TEST_CASE("background and todo are never done and have no deadline", "[context]") {
   for (const ctx::context& c : {ctx::background(), ctx::todo(), ctx::context{}}) {
     CHECK_FALSE(c.done());

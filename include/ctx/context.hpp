@@ -231,7 +231,7 @@ class cancel_handle {
 };
 
 /// What every cancelable derivation returns: `auto [c, cancel] = ctx::with_cancel(parent);`
-template <class Clock>
+template <class Clock = std::chrono::steady_clock>
 struct derived {
   basic_context<Clock> context;
   cancel_handle cancel;
@@ -383,13 +383,30 @@ template <class Clock>
 /// duration type, integral or floating-point; it is rounded up to the
 /// clock's tick (a deadline never fires early) and saturates at
 /// `time_point::min()` and `time_point::max()` (which never fires); a NaN
-/// deadline is already passed. Throws std::bad_alloc, or std::system_error
-/// if the timer thread cannot be started.
+/// deadline is already passed. `d` must be a time point of the context's own
+/// clock (see the overload below). Throws std::bad_alloc, or
+/// std::system_error if the timer thread cannot be started.
 template <class Clock, class Duration>
 [[nodiscard]] derived<Clock> with_deadline(const basic_context<Clock>& parent,
                                            std::chrono::time_point<Clock, Duration> d,
                                            std::error_code cause = {}) {
   return detail::derive_deadline(parent, detail::ceil_time_point<typename Clock::time_point>(d), cause);
+}
+
+/// Rejected at compile time: a deadline on another clock than the context's.
+/// Clocks need not tick together (system_clock jumps, steady_clock does not),
+/// so ctx does not convert silently; the static_assert says how to do it.
+template <class Clock, class OtherClock, class Duration>
+  requires(!std::same_as<Clock, OtherClock>)
+derived<Clock> with_deadline(const basic_context<Clock>&, std::chrono::time_point<OtherClock, Duration>,
+                             std::error_code = {}) {
+  static_assert(std::same_as<Clock, OtherClock>,
+                "ctx::with_deadline: the deadline is a time point of another clock than the context's. "
+                "Convert it to the context's clock first (for a duration from now: "
+                "ctx::with_timeout(c, d - OtherClock::now()); between system_clock and utc/file clocks: "
+                "std::chrono::clock_cast), or derive from a context of that clock "
+                "(ctx::background<OtherClock>()).");
+  return {};
 }
 
 /// `with_deadline(parent, Clock::now() + t, cause)`, saturating: `t <= 0`
