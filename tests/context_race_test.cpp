@@ -47,6 +47,51 @@ void at_once(A&& on_thread, B&& here) {
   here();
 }
 
+/// Busy-waits for about `n` short steps (a few nanoseconds each).
+void spin_for(int n) {
+  std::atomic<int> sink{0};
+  for (int i = 0; i < n; ++i) sink.fetch_add(1, std::memory_order_relaxed);
+}
+
+/// Spins until `pred()`, yielding only after a while (one core: let the other thread run).
+template <class P>
+void spin_until(P&& pred) {
+  for (int spin = 0; !pred(); ++spin)
+    if (spin > 10'000) std::this_thread::yield();
+}
+
+/// Runs `rounds` rounds of a race between `on_thread(r)`, on one thread that
+/// lives through every round, and `here(r)`, on this one. Between rounds both
+/// threads spin, without sleeping or a system call, so that the two calls
+/// start within nanoseconds of each other, and each round delays one side by
+/// a few more steps than the last, so that the start of one call is swept
+/// across the other: a window of a few instructions is hit many times, where
+/// threads that meet through a latch (a futex wake-up, microseconds) would
+/// hardly ever hit it. `prepare(r)` runs before the round, `check(r)` after
+/// both calls returned, both on this thread.
+template <class Prepare, class A, class B, class Check>
+void lockstep(int rounds, Prepare&& prepare, A&& on_thread, B&& here, Check&& check) {
+  std::atomic<int> go{0};
+  std::atomic<int> finished{0};
+  std::thread t([&] {
+    for (int r = 1; r <= rounds; ++r) {
+      spin_until([&] { return go.load() >= r; });
+      if (r % 128 >= 64) spin_for(r % 64);
+      on_thread(r);
+      finished.store(r);
+    }
+  });
+  for (int r = 1; r <= rounds; ++r) {
+    prepare(r);
+    go.store(r);
+    if (r % 128 < 64) spin_for(r % 64);
+    here(r);
+    spin_until([&] { return finished.load() >= r; });
+    check(r);
+  }
+  t.join();
+}
+
 /// A tree of `width`^`depth` contexts below `root`, with a handle for each.
 struct tree {
   std::vector<ctx::context> contexts;
@@ -216,6 +261,75 @@ TEST_CASE("a thread that sees done() sees the final err and cause", "[race]") {
     cancel(P);
     reader.join();
     CHECK(ok);
+  }
+}
+
+TEST_CASE("a reader chasing a cancel through many children sees each one's final err and cause", "[race]") {
+  // A cancel marks the children of a node one after another, oldest first.
+  // A reader that waits for each child to turn done, in the same order,
+  // reads its err and cause right after that child's state word was written:
+  // a cancel that published done before err and cause is caught in the act.
+  constexpr int width = 256;
+  int wrong = 0;
+  std::vector<ctx::context> kids;
+  std::vector<ctx::cancel_handle> handles;
+  ctx::cancel_handle root_cancel;
+  lockstep(
+      1000,
+      [&](int) {
+        kids.clear();
+        handles.clear();
+        auto root = ctx::with_cancel(ctx::background());
+        for (int i = 0; i < width; ++i) {
+          auto [c, h] = ctx::with_cancel(root.context);
+          kids.push_back(std::move(c));
+          handles.push_back(std::move(h));
+        }
+        root_cancel = std::move(root.cancel);
+      },
+      [&](int) {
+        for (const auto& k : kids) {
+          spin_until([&] { return k.done(); });
+          if (k.err() != ctx::errc::canceled || k.cause() != P) ++wrong;
+        }
+      },
+      [&](int) { root_cancel(P); }, [](int) {});
+  CHECK(wrong == 0);
+}
+
+TEST_CASE("after_func racing a cancel runs its callback exactly once", "[race][after_func]") {
+  // Each kind of node: a leaf (cancelled by one compare-and-swap), a node
+  // with a child (cancelled under its lock), a node with a stop source.
+  for (const int kind : {0, 1, 2}) {
+    INFO("kind " << kind);
+    int wrong = 0;
+    ctx::context c;
+    ctx::cancel_handle cancel;
+    ctx::context child;
+    ctx::cancel_handle child_cancel;
+    std::stop_token token;
+    std::atomic<int> runs{0};
+    ctx::registration reg;
+    lockstep(
+        20'000,
+        [&](int) {
+          reg = ctx::registration{};
+          runs = 0;
+          auto d = ctx::with_cancel(ctx::background());
+          if (kind == 1) {
+            auto e = ctx::with_cancel(d.context);
+            child = std::move(e.context);
+            child_cancel = std::move(e.cancel);
+          }
+          if (kind == 2) token = d.context.stop_token();
+          c = std::move(d.context);
+          cancel = std::move(d.cancel);
+        },
+        [&](int) { cancel(); }, [&](int) { reg = ctx::after_func(c, [&runs] { runs.fetch_add(1); }); },
+        [&](int) {
+          if (runs.load() != 1) ++wrong;
+        });
+    CHECK(wrong == 0);
   }
 }
 

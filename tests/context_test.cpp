@@ -5,6 +5,7 @@
 #include <ctx/testing.hpp>
 
 #include <chrono>
+#include <future>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -528,11 +529,27 @@ TEST_CASE("a real deadline fires on time, within a generous bound", "[deadline][
 }
 
 TEST_CASE("an earlier deadline added later wakes the timer thread", "[deadline][real]") {
+  // The timer thread must be asleep on the later deadline when the earlier
+  // one arrives (else it finds the earlier one when it next looks anyway, and
+  // a thread woken only when idle would pass): wait until it went to sleep
+  // on it, after it was added.
+  auto& timers = ctx::detail::timer_service<std::chrono::steady_clock>::instance();
+  const auto before = timers.last_sleep().count;
   auto [late, cl] = ctx::with_timeout(ctx::background(), 1h);
+  const auto asleep_on_late = [&] {
+    const auto s = timers.last_sleep();
+    return s.count > before && s.until == *late.deadline();
+  };
+  const auto give_up = std::chrono::steady_clock::now() + 60s;
+  while (!asleep_on_late() && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
+  REQUIRE(asleep_on_late());
   const auto start = std::chrono::steady_clock::now();
   auto [soon, cs] = ctx::with_timeout(ctx::background(), 20ms);
-  soon.wait();
-  CHECK(std::chrono::steady_clock::now() - start < 5s);
+  // Bounded: a timer thread left asleep would make this wait an hour.
+  std::promise<void> fired;
+  auto reg = ctx::after_func(soon, [&fired] { fired.set_value(); });
+  CHECK(fired.get_future().wait_for(10s) == std::future_status::ready);
+  CHECK(std::chrono::steady_clock::now() - start < 10s);
   CHECK_FALSE(late.done());
 }
 

@@ -156,6 +156,17 @@ class timer_service {
     return heap_.size();
   }
 
+  /// For tests: how many times the timer thread went to sleep, and until
+  /// when it went to sleep the last time (time_point::max(): for work).
+  struct sleep_record {
+    std::uint64_t count = 0;
+    time_point until = time_point::max();
+  };
+  [[nodiscard]] sleep_record last_sleep() {
+    std::lock_guard lock(mu_);
+    return slept_;
+  }
+
  private:
   struct entry {
     time_point when;
@@ -235,12 +246,14 @@ class timer_service {
     for (;;) {
       if (heap_.empty()) {
         wake_at_ = time_point::max();
+        slept_ = {slept_.count + 1, wake_at_};
         cv_.wait(lock);
         continue;
       }
       const time_point next = heap_[0].when;
       if (Clock::now() < next) {
         wake_at_ = next;
+        slept_ = {slept_.count + 1, wake_at_};
         sleep_until(lock, next);
         continue;
       }
@@ -290,6 +303,7 @@ class timer_service {
   // sleeps until, max() when it waits for work, min() while it is awake.
   time_point wake_at_ = time_point::max();
   bool started_ = false;
+  sleep_record slept_;  // for tests
   // Manual clocks: serialises the moves of the clock (see advance()).
   std::recursive_mutex advance_mu_;
 
