@@ -4,6 +4,7 @@
 #include <ctx/ctx.hpp>
 #include <ctx/testing.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <future>
 #include <memory>
@@ -967,6 +968,48 @@ TEST_CASE("contexts work on any clock, system_clock included", "[deadline][real]
   STATIC_REQUIRE(std::is_same_v<decltype(c)::time_point, std::chrono::system_clock::time_point>);
   c.wait();
   CHECK(c.err() == deadline_exceeded);
+}
+
+namespace {
+
+/// steady_clock's time, with a now() that derives and cancels a deadline on
+/// this clock when called on the timer thread: user code that takes the
+/// timer service's mutex.
+struct reentrant_clock {
+  using duration = std::chrono::steady_clock::duration;
+  using rep = duration::rep;
+  using period = duration::period;
+  using time_point = std::chrono::time_point<reentrant_clock>;
+  static constexpr bool is_steady = true;
+  static inline std::atomic<std::thread::id> timer_thread{};
+  static time_point now() {
+    thread_local bool inside = false;
+    if (!inside && std::this_thread::get_id() == timer_thread.load()) {
+      inside = true;
+      auto [c, cancel] = ctx::with_timeout(ctx::background<reentrant_clock>(), 1h);  // schedule, then remove
+      inside = false;
+    }
+    return time_point(std::chrono::steady_clock::now().time_since_epoch());
+  }
+};
+
+}  // namespace
+
+// The timer thread read a user clock's now() while holding the service's
+// mutex: a now() that derives a deadline on its own clock deadlocked it (and
+// a fork() would have waited for any now() that blocks).
+TEST_CASE("the timer thread calls a user clock's now without holding its lock", "[deadline][real]") {
+  std::promise<std::thread::id> fired_on;
+  auto [first, c1] = ctx::with_timeout(ctx::background<reentrant_clock>(), 1ms);
+  auto r1 = ctx::after_func(first, [&fired_on] { fired_on.set_value(std::this_thread::get_id()); });
+  auto on = fired_on.get_future();
+  REQUIRE(on.wait_for(10s) == std::future_status::ready);
+  reentrant_clock::timer_thread = on.get();  // from now on, its now() reenters the service
+  std::promise<void> fired;
+  auto [second, c2] = ctx::with_timeout(ctx::background<reentrant_clock>(), 20ms);
+  auto r2 = ctx::after_func(second, [&fired] { fired.set_value(); });
+  CHECK(fired.get_future().wait_for(10s) == std::future_status::ready);
+  reentrant_clock::timer_thread = std::thread::id{};
 }
 
 TEST_CASE("ctx::error can be made from an error alone", "[cancel]") {

@@ -28,6 +28,7 @@
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
+#include <future>
 #include <latch>
 #include <mutex>
 #include <thread>
@@ -229,6 +230,46 @@ int fork_from_a_callback_on_the_timer_thread() {
   return child_rc.load() == 0 ? 0 : 50;
 }
 
+/// steady_clock's time, with a now() that, on the timer thread, waits for a
+/// gate mutex when one is set: user code the timer thread calls.
+struct gated_clock {
+  using duration = std::chrono::steady_clock::duration;
+  using rep = duration::rep;
+  using period = duration::period;
+  using time_point = std::chrono::time_point<gated_clock>;
+  static constexpr bool is_steady = true;
+  static inline std::atomic<std::thread::id> timer_thread{};
+  static inline std::atomic<std::mutex*> gate{nullptr};
+  static inline std::atomic<bool> at_gate{false};
+  static time_point now() {
+    if (std::mutex* g = gate.load(); g && std::this_thread::get_id() == timer_thread.load()) {
+      at_gate = true;
+      std::lock_guard wait_for_gate(*g);
+    }
+    return time_point(std::chrono::steady_clock::now().time_since_epoch());
+  }
+};
+
+// The timer thread reads a user clock's now(), which waits for a mutex the
+// forking thread holds. It used to read it holding the service's mutex,
+// which fork() takes: fork() waited on user code for ever.
+int fork_while_the_timer_thread_is_in_a_user_clocks_now() {
+  std::promise<std::thread::id> fired_on;
+  auto [first, c1] = ctx::with_timeout(ctx::background<gated_clock>(), 1ms);
+  auto r1 = ctx::after_func(first, [&fired_on] { fired_on.set_value(std::this_thread::get_id()); });
+  gated_clock::timer_thread = fired_on.get_future().get();
+  std::mutex m;
+  std::unique_lock held(m);
+  gated_clock::gate = &m;
+  auto [second, c2] = ctx::with_timeout(ctx::background<gated_clock>(), 50ms);  // wakes the timer thread
+  while (!gated_clock::at_gate.load()) std::this_thread::yield();
+  const pid_t pid = fork_child(own_deadline_fires);
+  held.unlock();
+  second.wait();
+  gated_clock::gate = nullptr;
+  return wait_for_child(pid, 10s) == 0 ? 0 : 70;
+}
+
 // Another thread is inside manual_clock::advance() (in a callback it fired)
 // at the fork: the child's own advance() must neither hang nor skip timers.
 int child_of_a_parent_inside_a_manual_clock_advance_can_advance() {
@@ -275,6 +316,10 @@ TEST_CASE("deadlines inherited from the parent never fire in the child", "[fork]
 
 TEST_CASE("fork from a callback on the timer thread works", "[fork]") {
   CHECK(run_scenario(fork_from_a_callback_on_the_timer_thread, 30s) == 0);
+}
+
+TEST_CASE("fork does not wait for a user clock's now on the timer thread", "[fork]") {
+  CHECK(run_scenario(fork_while_the_timer_thread_is_in_a_user_clocks_now, 30s) == 0);
 }
 
 TEST_CASE("a child forked while another thread is inside a manual clock advance can advance", "[fork]") {

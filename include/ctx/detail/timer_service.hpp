@@ -195,19 +195,41 @@ class timer_service {
     s.mu_.unlock();
   }
 
-  /// Sleeps until `next` on Clock, or until notified. steady_clock and
-  /// system_clock deadlines are waited for as they are (absolute, so a
-  /// system_clock change is followed). For any other clock the standard wait
-  /// would compute `next - Clock::now()` and add it to steady_clock::now(),
-  /// overflowing for a far deadline (or a clock whose now() is negative, as
-  /// file_clock's): wait for the time left instead, saturated, and at most a
-  /// second at a time, so that a clock that jumps is looked at again soon.
-  void sleep_until(std::unique_lock<std::mutex>& lock, time_point next) {
-    if constexpr (std::is_same_v<Clock, std::chrono::steady_clock> ||
-                  std::is_same_v<Clock, std::chrono::system_clock>) {
+  /// The standard library's clocks, whose now() is the library's own code.
+  static constexpr bool standard_clock =
+      std::is_same_v<Clock, std::chrono::steady_clock> || std::is_same_v<Clock, std::chrono::system_clock>;
+
+  /// Clock::now(), read by the timer thread. A user's clock's now() is user
+  /// code, which must not run while the service's mutex is held (it might
+  /// block, or derive a deadline on this clock: a fork() or a schedule()
+  /// would then wait on it): the mutex is dropped around it, and the thread
+  /// counts as awake meanwhile, so schedule() leaves waking it to its next
+  /// look at the heap.
+  time_point read_clock(std::unique_lock<std::mutex>& lock) {
+    if constexpr (standard_clock) {
+      return Clock::now();
+    } else {
+      wake_at_ = time_point::min();
+      lock.unlock();
+      const time_point now = Clock::now();
+      lock.lock();
+      return now;
+    }
+  }
+
+  /// Sleeps until `next` on Clock (read as `now`), or until notified.
+  /// steady_clock and system_clock deadlines are waited for as they are
+  /// (absolute, so a system_clock change is followed). For any other clock
+  /// the standard wait would compute `next - Clock::now()` (under the mutex)
+  /// and add it to steady_clock::now(), overflowing for a far deadline (or a
+  /// clock whose now() is negative, as file_clock's): wait for the time left
+  /// instead, saturated, and at most a second at a time, so that a clock that
+  /// jumps is looked at again soon.
+  void sleep_until(std::unique_lock<std::mutex>& lock, time_point next, time_point now) {
+    if constexpr (standard_clock) {
       cv_.wait_until(lock, next);
     } else {
-      const typename Clock::duration left = time_until(next, Clock::now());
+      const typename Clock::duration left = time_until(next, now);
       if (left > std::chrono::seconds(1))
         cv_.wait_for(lock, std::chrono::seconds(1));
       else
@@ -251,10 +273,12 @@ class timer_service {
         continue;
       }
       const time_point next = heap_[0].when;
-      if (Clock::now() < next) {
+      const time_point now = read_clock(lock);
+      if (heap_.empty() || heap_[0].when != next) continue;  // changed while the clock was read
+      if (now < next) {
         wake_at_ = next;
         slept_ = {slept_.count + 1, wake_at_};
-        sleep_until(lock, next);
+        sleep_until(lock, next, now);
         continue;
       }
       wake_at_ = time_point::min();  // awake: it looks at the heap again before sleeping
