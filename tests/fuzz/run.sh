@@ -26,10 +26,14 @@ trap 'rm -rf "$work"' EXIT
 cp tests/fuzz/corpus/* "$work/"
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:quarantine_size_mb=64" UBSAN_OPTIONS="print_stacktrace=1"
 cd build/fuzz
+# grep hides libFuzzer's chatter; the exit status is the fuzzer's. (Not
+# `pipeline || true`: PIPESTATUS would then be that of `true`, and a failed
+# run would be reported as a pass.)
+set +e
 "$fuzzer" -max_total_time="$seconds" -max_len=256 -timeout=10 -rss_limit_mb=1024 -print_final_stats=1 "$work" 2>&1 |
-  grep -E '^(#[0-9]+ +(INITED|DONE)|Done|stat::number_of_executed_units|stat::peak_rss_mb|==|SUMMARY|ctx fuzz)' || true
-# grep hides libFuzzer's chatter; its exit status is the fuzzer's.
+  grep -E '^(#[0-9]+ +(INITED|DONE)|Done|stat::number_of_executed_units|stat::peak_rss_mb|==|SUMMARY|ctx fuzz)'
 status=${PIPESTATUS[0]}
+set -e
 if [[ $status -ne 0 ]]; then
   echo "fuzz: FAILED (exit $status); the input is in build/fuzz/crash-*" >&2
   exit "$status"
