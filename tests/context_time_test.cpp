@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <sstream>
+#include <string>
 #include <ratio>
 #include <system_error>
 #include <tuple>
@@ -217,6 +219,9 @@ TEST_CASE("mul_add_div agrees with 128-bit arithmetic and its portable version",
                                   max - 1};
   std::mt19937_64 rng(7);
   for (int i = 0; i < 30; ++i) vals.push_back(rng() >> (rng() % 64));
+  std::size_t compared = 0;
+  std::size_t wrong = 0;
+  std::string first_wrong;
   for (std::uint64_t a : vals)
     for (std::uint64_t b : vals)
       for (std::uint64_t c : {std::uint64_t{0}, std::uint64_t{1}, max, b})
@@ -227,15 +232,20 @@ TEST_CASE("mul_add_div agrees with 128-bit arithmetic and its portable version",
           const auto fast = ctx::detail::mul_add_div(a, b, c, d);
           const auto portable = ctx::detail::mul_add_div_portable(a, b, c, d);
           const bool overflow = (q >> 64) != 0;
-          REQUIRE(fast.overflow == overflow);
-          REQUIRE(portable.overflow == overflow);
-          if (!overflow) {
-            REQUIRE(fast.q == static_cast<std::uint64_t>(q));
-            REQUIRE(portable.q == static_cast<std::uint64_t>(q));
-            REQUIRE(fast.r == static_cast<std::uint64_t>(p % d));
-            REQUIRE(portable.r == static_cast<std::uint64_t>(p % d));
+          bool ok = fast.overflow == overflow && portable.overflow == overflow;
+          if (ok && !overflow)
+            ok = fast.q == static_cast<std::uint64_t>(q) && portable.q == static_cast<std::uint64_t>(q) &&
+                 fast.r == static_cast<std::uint64_t>(p % d) && portable.r == static_cast<std::uint64_t>(p % d);
+          ++compared;
+          if (!ok && wrong++ == 0) {
+            std::ostringstream o;
+            o << a << " * " << b << " + " << c << " / " << d;
+            first_wrong = o.str();
           }
         }
+  INFO(first_wrong);
+  CHECK(wrong == 0);
+  CHECK(compared > 300'000);
 }
 
 TEST_CASE("a fractional count scales exactly and rounds outward", "[time]") {
@@ -279,54 +289,75 @@ TEST_CASE("a fractional count scales exactly and rounds outward", "[time]") {
       }
 }
 
-TEST_CASE("now plus a timeout is exact rounded up and saturates for every count period and clock", "[time]") {
+namespace {
+
+/// The comparisons of one sweep. The sweeps instantiate hundreds of
+/// count/period/clock combinations: the checking lives here, outside the
+/// templates, so that each combination compiles to a few lines.
+struct tally {
   std::size_t compared = 0;
+  std::size_t wrong = 0;
+  std::string first_wrong;
+  void check(bool ok, const char* what, long double count, std::intmax_t num, std::intmax_t den, int clock_bytes,
+             long double now, long double got, long double expect) {
+    ++compared;
+    if (ok) return;
+    if (wrong++ == 0) {
+      std::ostringstream o;
+      o << what << ": count " << count << " period " << num << "/" << den << ", clock count of " << clock_bytes
+        << " bytes, now " << now << ": got " << got << ", expected " << expect;
+      first_wrong = o.str();
+    }
+  }
+};
+
+}  // namespace
+
+TEST_CASE("now plus a timeout is exact rounded up and saturates for every count period and clock", "[time]") {
+  tally t;
   for_each_type(integral_clocks{}, [&](auto* clock) {
     using Clock = std::remove_pointer_t<decltype(clock)>;
     using TP = typename Clock::time_point;
     using D = typename TP::duration;
     const i128 max = TP::max().time_since_epoch().count();
+    const std::vector<TP> nows = interesting_nows<TP>();
     for_each_type(reps{}, [&](auto* rep) {
       using Rep = std::remove_pointer_t<decltype(rep)>;
+      const std::vector<Rep> counts = interesting_counts<Rep>();
       for_each_type(periods{}, [&](auto* period) {
         using Period = std::remove_pointer_t<decltype(period)>;
-        using T = std::chrono::duration<Rep, Period>;
         using ratio = std::ratio_divide<Period, typename D::period>;
-        for (TP now : interesting_nows<TP>())
-          for (Rep count : interesting_counts<Rep>()) {
-            const T t(count);
-            const TP got = ctx::detail::deadline_after(now, t);
+        for (TP now : nows)
+          for (Rep count : counts) {
+            const std::chrono::duration<Rep, Period> timeout(count);
             const i128 n = now.time_since_epoch().count();
-            INFO("clock rep " << sizeof(typename D::rep) << " bytes, count "
-                              << static_cast<long double>(count) << " period " << Period::num << "/"
-                              << Period::den << " now " << static_cast<long double>(n));
-            if (!(t > t.zero())) {  // zero, negative, NaN: expired
-              CHECK(got == now);
-              continue;
+            const i128 got = ctx::detail::deadline_after(now, timeout).time_since_epoch().count();
+            i128 expect;
+            if (!(timeout > timeout.zero())) {
+              expect = n;  // zero, negative, NaN: expired
+            } else {
+              const i128 beyond = i128{1} << 100;  // more than any clock's headroom
+              std::optional<i128> y;
+              if constexpr (std::is_floating_point_v<Rep>)
+                if (std::isinf(count)) y = beyond;
+              if (!y) y = reference_ceil<Rep, ratio>(count);
+              if (!y) y = beyond;  // beyond 126 bits: far beyond any clock
+              expect = *y >= max - n ? max : n + *y;
             }
-            if constexpr (std::is_floating_point_v<Rep>) {
-              if (std::isinf(count)) {
-                CHECK(got == TP::max());
-                continue;
-              }
-            }
-            const std::optional<i128> y = reference_ceil<Rep, ratio>(count);
-            if (!y) {  // beyond 126 bits: far beyond any clock
-              CHECK(got == TP::max());
-              continue;
-            }
-            const i128 expect = *y >= max - n ? max : n + *y;
-            CHECK(static_cast<i128>(got.time_since_epoch().count()) == expect);
-            ++compared;
+            t.check(got == expect, "deadline_after", static_cast<long double>(count), Period::num, Period::den,
+                    static_cast<int>(sizeof(typename D::rep)), static_cast<long double>(n),
+                    static_cast<long double>(got), static_cast<long double>(expect));
           }
       });
     });
   });
-  CHECK(compared > 100'000);
+  INFO(t.first_wrong);
+  CHECK(t.wrong == 0);
+  CHECK(t.compared > 100'000);
 }
 
 TEST_CASE("a deadline converts to the clock's tick exactly rounded up and saturates at both ends", "[time]") {
-  std::size_t compared = 0;
+  tally t;
   for_each_type(integral_clocks{}, [&](auto* clock) {
     using Clock = std::remove_pointer_t<decltype(clock)>;
     using TP = typename Clock::time_point;
@@ -335,39 +366,32 @@ TEST_CASE("a deadline converts to the clock's tick exactly rounded up and satura
     const i128 min = TP::min().time_since_epoch().count();
     for_each_type(reps{}, [&](auto* rep) {
       using Rep = std::remove_pointer_t<decltype(rep)>;
+      const std::vector<Rep> counts = interesting_counts<Rep>();
       for_each_type(periods{}, [&](auto* period) {
         using Period = std::remove_pointer_t<decltype(period)>;
         using ratio = std::ratio_divide<Period, typename D::period>;
-        for (Rep count : interesting_counts<Rep>()) {
+        for (Rep count : counts) {
           const std::chrono::time_point<Clock, std::chrono::duration<Rep, Period>> tp{
               std::chrono::duration<Rep, Period>(count)};
-          const TP got = ctx::detail::ceil_time_point<TP>(tp);
-          const i128 g = got.time_since_epoch().count();
-          INFO("count " << static_cast<long double>(count) << " period " << Period::num << "/"
-                        << Period::den);
+          const i128 got = ctx::detail::ceil_time_point<TP>(tp).time_since_epoch().count();
+          std::optional<i128> y;
           if constexpr (std::is_floating_point_v<Rep>) {
-            if (std::isnan(count)) {
-              CHECK(got == TP::min());
-              continue;
-            }
-            if (std::isinf(count)) {
-              CHECK(got == (count > 0 ? TP::max() : TP::min()));
-              continue;
-            }
+            if (std::isnan(count)) y = min;
+            else if (std::isinf(count)) y = count > 0 ? max : min;
           }
-          const std::optional<i128> y = reference_ceil<Rep, ratio>(count);
-          if (!y) {
-            CHECK(got == (count > 0 ? TP::max() : TP::min()));
-            continue;
-          }
+          if (!y) y = reference_ceil<Rep, ratio>(count);
+          if (!y) y = count > 0 ? max : min;
           const i128 expect = *y >= max ? max : *y <= min ? min : *y;
-          CHECK(g == expect);
-          ++compared;
+          t.check(got == expect, "ceil_time_point", static_cast<long double>(count), Period::num, Period::den,
+                  static_cast<int>(sizeof(typename D::rep)), 0, static_cast<long double>(got),
+                  static_cast<long double>(expect));
         }
       });
     });
   });
-  CHECK(compared > 5'000);
+  INFO(t.first_wrong);
+  CHECK(t.wrong == 0);
+  CHECK(t.compared > 5'000);
 }
 
 TEST_CASE("the difference of two time points saturates at the duration's limits", "[time]") {
