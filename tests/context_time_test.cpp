@@ -304,6 +304,7 @@ struct tally {
     if (ok) return;
     if (wrong++ == 0) {
       std::ostringstream o;
+      o.precision(21);
       o << what << ": count " << count << " period " << num << "/" << den << ", clock count of " << clock_bytes
         << " bytes, now " << now << ": got " << got << ", expected " << expect;
       first_wrong = o.str();
