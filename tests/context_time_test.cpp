@@ -15,9 +15,9 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <ratio>
 #include <sstream>
 #include <string>
-#include <ratio>
 #include <system_error>
 #include <tuple>
 #include <type_traits>
@@ -172,11 +172,13 @@ std::vector<Rep> interesting_counts() {
   std::mt19937_64 rng(42);
   for (int i = 0; i < 40; ++i) {
     if constexpr (std::is_floating_point_v<Rep>) {
-      const long double mag =
-          std::ldexp(static_cast<long double>(rng() % 1000) / 1000, static_cast<int>(rng() % 140) - 70);
+      const int exponent =
+          static_cast<int>(rng() % 140) - 70;  // one call per statement: the same values everywhere
+      const long double mag = std::ldexp(static_cast<long double>(rng() % 1000) / 1000, exponent);
       v.push_back(static_cast<Rep>(rng() % 2 ? mag : -mag));
     } else {
-      v.push_back(static_cast<Rep>(rng() >> (rng() % 64)));
+      const auto shift = rng() % 64;  // one call per statement: the same values with every compiler
+      v.push_back(static_cast<Rep>(rng() >> shift));
     }
   }
   return v;
@@ -218,7 +220,10 @@ TEST_CASE("mul_add_div agrees with 128-bit arithmetic and its portable version",
                                   max,
                                   max - 1};
   std::mt19937_64 rng(7);
-  for (int i = 0; i < 30; ++i) vals.push_back(rng() >> (rng() % 64));
+  for (int i = 0; i < 30; ++i) {
+    const auto shift = rng() % 64;  // one call per statement: the same values with every compiler
+    vals.push_back(rng() >> shift);
+  }
   std::size_t compared = 0;
   std::size_t wrong = 0;
   std::string first_wrong;
@@ -235,7 +240,8 @@ TEST_CASE("mul_add_div agrees with 128-bit arithmetic and its portable version",
           bool ok = fast.overflow == overflow && portable.overflow == overflow;
           if (ok && !overflow)
             ok = fast.q == static_cast<std::uint64_t>(q) && portable.q == static_cast<std::uint64_t>(q) &&
-                 fast.r == static_cast<std::uint64_t>(p % d) && portable.r == static_cast<std::uint64_t>(p % d);
+                 fast.r == static_cast<std::uint64_t>(p % d) &&
+                 portable.r == static_cast<std::uint64_t>(p % d);
           ++compared;
           if (!ok && wrong++ == 0) {
             std::ostringstream o;
@@ -253,8 +259,11 @@ TEST_CASE("a fractional count scales exactly and rounds outward", "[time]") {
   // with num exact in the floating type and, for double, too large to be.
   std::mt19937_64 rng(11);
   std::vector<double> fracs{0.0, 0.5, 0.25, 1.0 / 3, 2.0 / 3, 0.1, 0.9999999999999999, 1e-12, 3e-9, 1e-300};
-  for (int i = 0; i < 200; ++i)
-    fracs.push_back(std::ldexp(static_cast<double>(rng() >> 11), -53 - static_cast<int>(rng() % 20)));
+  for (int i = 0; i < 200; ++i) {
+    const int exponent =
+        -53 - static_cast<int>(rng() % 20);  // one call per statement: the same values everywhere
+    fracs.push_back(std::ldexp(static_cast<double>(rng() >> 11), exponent));
+  }
   const std::uint64_t nums[] = {1,
                                 3,
                                 1000,
@@ -298,15 +307,15 @@ struct tally {
   std::size_t compared = 0;
   std::size_t wrong = 0;
   std::string first_wrong;
-  void check(bool ok, const char* what, long double count, std::intmax_t num, std::intmax_t den, int clock_bytes,
-             long double now, long double got, long double expect) {
+  void check(bool ok, const char* what, long double count, std::intmax_t num, std::intmax_t den,
+             int clock_bytes, long double now, long double got, long double expect) {
     ++compared;
     if (ok) return;
     if (wrong++ == 0) {
       std::ostringstream o;
       o.precision(21);
-      o << what << ": count " << count << " period " << num << "/" << den << ", clock count of " << clock_bytes
-        << " bytes, now " << now << ": got " << got << ", expected " << expect;
+      o << what << ": count " << count << " period " << num << "/" << den << ", clock count of "
+        << clock_bytes << " bytes, now " << now << ": got " << got << ", expected " << expect;
       first_wrong = o.str();
     }
   }
@@ -345,8 +354,8 @@ TEST_CASE("now plus a timeout is exact rounded up and saturates for every count 
               if (!y) y = beyond;  // beyond 126 bits: far beyond any clock
               expect = *y >= max - n ? max : n + *y;
             }
-            t.check(got == expect, "deadline_after", static_cast<long double>(count), Period::num, Period::den,
-                    static_cast<int>(sizeof(typename D::rep)), static_cast<long double>(n),
+            t.check(got == expect, "deadline_after", static_cast<long double>(count), Period::num,
+                    Period::den, static_cast<int>(sizeof(typename D::rep)), static_cast<long double>(n),
                     static_cast<long double>(got), static_cast<long double>(expect));
           }
       });
@@ -377,8 +386,10 @@ TEST_CASE("a deadline converts to the clock's tick exactly rounded up and satura
           const i128 got = ctx::detail::ceil_time_point<TP>(tp).time_since_epoch().count();
           std::optional<i128> y;
           if constexpr (std::is_floating_point_v<Rep>) {
-            if (std::isnan(count)) y = min;
-            else if (std::isinf(count)) y = count > 0 ? max : min;
+            if (std::isnan(count))
+              y = min;
+            else if (std::isinf(count))
+              y = count > 0 ? max : min;
           }
           if (!y) y = reference_ceil<Rep, ratio>(count);
           if (!y) y = count > 0 ? max : min;
