@@ -2,7 +2,8 @@
 # Runs the model-based fuzzer of <ctx/context.hpp> for a bounded time under
 # ASan + UBSan (clang's libFuzzer), starting from the committed corpus.
 #
-#   tests/fuzz/run.sh [SECONDS]          fuzz for SECONDS (default 60); new inputs go to a temporary dir
+#   tests/fuzz/run.sh [SECONDS]          fuzz for SECONDS (default 60) from corpus/ and regressions/;
+#                                        new inputs go to a temporary dir
 #   tests/fuzz/run.sh --update-corpus N  fuzz N seconds, then minimise everything into tests/fuzz/corpus
 #
 # A mismatch with the model, a sanitizer report or a leak stops the run with a
@@ -23,7 +24,7 @@ fuzzer="$PWD/build/fuzz/tests/fuzz/ctx_context_fuzzer"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-cp tests/fuzz/corpus/* "$work/"
+cp tests/fuzz/corpus/* tests/fuzz/regressions/* "$work/"
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:quarantine_size_mb=64" UBSAN_OPTIONS="print_stacktrace=1"
 cd build/fuzz
 # grep hides libFuzzer's chatter; the exit status is the fuzzer's. (Not
