@@ -261,7 +261,7 @@ struct gated_clock {
   using rep = duration::rep;
   using period = duration::period;
   using time_point = std::chrono::time_point<gated_clock>;
-  static constexpr bool is_steady = true;
+  [[maybe_unused]] static constexpr bool is_steady = true;
   static inline std::atomic<std::thread::id> timer_thread{};
   static inline std::atomic<std::mutex*> gate{nullptr};
   static inline std::atomic<bool> at_gate{false};
