@@ -191,7 +191,9 @@ template <class Clock = std::chrono::steady_clock>
 /// threads, changes nothing: the first cancel wins. When a call returns, the
 /// context and all its descendants are done. A moved-from or
 /// default-constructed handle does nothing. The handle keeps the context's
-/// state alive, so it may be called after every copy of the context is gone.
+/// state alive, so it may be called after every copy of the context is gone;
+/// a callback that a call runs may destroy the handle itself, its
+/// registration and every context (the call holds what it still needs).
 class cancel_handle {
  public:
   cancel_handle() noexcept = default;
