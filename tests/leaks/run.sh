@@ -36,6 +36,14 @@ run() {
     echo "leaks: skipped (valgrind lacks pidfd_open): $1"
     return ;;
   esac
+  # fork_test's scenarios wait for their children with pidfd_open too, and
+  # their deadlines of tens of milliseconds must fall before or after a
+  # fork(), which valgrind's slowdown does not respect; ASan's LeakSanitizer
+  # covers them.
+  case "$1" in */fork_test)
+    echo "leaks: skipped (pidfd_open, and timing valgrind cannot keep): $1"
+    return ;;
+  esac
   "${vg[@]}" "$@" >/tmp/ctx_leaks.$$.log 2>&1 || rc=$?
   if [[ $rc -ne 0 ]]; then
     failed=1
@@ -55,10 +63,8 @@ for t in "$b"/tests/*_test; do
     run "$t"
   fi
 done
-# (A forked child cannot free the parent's timer thread state, 32 bytes owned
-# by a thread that does not exist in the child: suppressed in valgrind.supp.)
-for mode in return exit quick_exit static_destructor fork fork_while_firing; do run "$b/tests/exit_helper" "$mode"; done
-run "$b/tests/fuzz/ctx_fuzz_replay" tests/fuzz/corpus
+for mode in return exit quick_exit static_destructor; do run "$b/tests/exit_helper" "$mode"; done
+run "$b/tests/fuzz/ctx_fuzz_replay" tests/fuzz/corpus tests/fuzz/regressions
 for e in "$b"/examples/example_*; do run "$e"; done
 
 echo "leaks: $([[ $failed -eq 0 ]] && echo 'OK: no leak, no memory error' || echo FAILED) in $(( $(date +%s) - start ))s"
