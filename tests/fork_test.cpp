@@ -182,7 +182,7 @@ int child_of_a_parent_holding_a_contexts_lock_fires_its_own_deadlines() {
   const int rc = wait_for_child(pid, 20s);
   release.count_down();
   holder.join();
-  d.context.wait();  // the parent's own timer thread fires it once the lock is free
+  d.context.wait();         // the parent's own timer thread fires it once the lock is free
   if (!pending) return 11;  // too slow to set the scene: say so
   return rc == 0 ? 0 : rc == timed_out ? 21 : 22;
 }
@@ -325,6 +325,28 @@ int child_of_a_parent_inside_a_manual_clock_advance_can_advance() {
   return rc == 0 ? 0 : rc == timed_out ? 61 : 62;
 }
 
+// fork() from a callback that a manual-clock move runs on this thread: the
+// child carries on out of the callback and the move (whose lock the forking
+// thread holds, legitimately), then moves the clock itself.
+int fork_from_a_callback_fired_by_a_manual_clock_move() {
+  auto d = ctx::with_timeout(ctx::background<manual>(), 1s);
+  pid_t pid = -1;
+  auto reg = ctx::after_func(d.context, [&pid] {
+    std::fflush(nullptr);
+    pid = ::fork();
+  });
+  manual::advance(1s);  // runs the callback, which forks, on this thread
+  if (pid == 0) {       // the child, out of the move
+    auto [own, cancel] = ctx::with_timeout(ctx::background<manual>(), 1s);
+    manual::advance(1s);
+    auto [again, c2] = ctx::with_timeout(ctx::background<manual>(), 1s);
+    manual::set(manual::now() + 1s);
+    ::_exit(own.done() && again.done() ? 0 : 1);
+  }
+  if (pid < 0) return 81;
+  return wait_for_child(pid, 20s) == 0 ? 0 : 80;
+}
+
 }  // namespace
 
 TEST_CASE("fork does not wait for a callback blocked on a mutex the forking thread holds", "[fork]") {
@@ -358,6 +380,10 @@ TEST_CASE("fork from a callback on the timer thread works", "[fork]") {
 
 TEST_CASE("fork does not wait for a user clock's now on the timer thread", "[fork]") {
   CHECK(run_scenario(fork_while_the_timer_thread_is_in_a_user_clocks_now, 30s) == 0);
+}
+
+TEST_CASE("fork from a callback that a manual clock move runs works", "[fork]") {
+  CHECK(run_scenario(fork_from_a_callback_fired_by_a_manual_clock_move, 30s) == 0);
 }
 
 TEST_CASE("a child forked while another thread is inside a manual clock advance can advance", "[fork]") {

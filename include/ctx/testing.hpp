@@ -10,7 +10,9 @@
 // derivation finds it overdue and fires it at once, on the deriving thread.
 // A callback fired by advance() or set() may itself call advance() or set()
 // on the same thread (it is not a deadlock): the inner call fires what its
-// new time makes due before it returns.
+// new time makes due before it returns. A move holds its lock while the
+// callbacks it fires run, so a callback must not wait for a move on another
+// thread.
 #pragma once
 
 #include <atomic>
@@ -36,14 +38,17 @@ struct manual_clock {
   static constexpr bool is_steady = true;
 
   /// The current manual time.
-  [[nodiscard]] static time_point now() noexcept { return time_point(duration(ticks().load(std::memory_order_acquire))); }
+  [[nodiscard]] static time_point now() noexcept {
+    return time_point(duration(ticks().load(std::memory_order_acquire)));
+  }
 
   /// Moves the clock forward by `d` and fires every timer now due, on this
   /// thread, before returning. Saturates at time_point::max(). Throws
   /// std::invalid_argument if `d` is negative (the clock is then unchanged).
   /// May be called from a callback that advance() or set() fired.
   static void advance(duration d) {
-    if (d < duration::zero()) throw std::invalid_argument("ctx::testing::manual_clock::advance: negative duration");
+    if (d < duration::zero())
+      throw std::invalid_argument("ctx::testing::manual_clock::advance: negative duration");
     detail::timer_service<manual_clock>::instance().advance([d] {
       const time_point t = detail::deadline_after(now(), d);
       ticks().store(t.time_since_epoch().count(), std::memory_order_release);

@@ -127,8 +127,10 @@ class timer_service {
       heap_[i] = heap_[last];
       heap_[i].n->slot = i;
       heap_.pop_back();
-      if (i > 0 && heap_[i].when < heap_[(i - 1) / 2].when) sift_up(i);
-      else sift_down(i);
+      if (i > 0 && heap_[i].when < heap_[(i - 1) / 2].when)
+        sift_up(i);
+      else
+        sift_down(i);
     } else {
       heap_.pop_back();
     }
@@ -145,7 +147,19 @@ class timer_service {
   template <class Move>
   void advance(Move&& move) {
     static_assert(manual_timers<Clock>);
-    std::lock_guard lock(advance_mu_);
+    struct hold {
+      timer_service& s;
+      explicit hold(timer_service& service) : s(service) {
+        s.advance_mu_.lock();
+        if (s.advance_depth_++ == 0) s.advance_owner_ = std::this_thread::get_id();
+      }
+      ~hold() {
+        if (--s.advance_depth_ == 0) s.advance_owner_ = std::thread::id();
+        s.advance_mu_.unlock();
+      }
+      hold(const hold&) = delete;
+      hold& operator=(const hold&) = delete;
+    } lock(*this);
     const time_point now = move();
     while (dnode* n = pop_due(now)) fire_one(n);
   }
@@ -188,10 +202,25 @@ class timer_service {
     s.heap_.clear();
     s.wake_at_ = time_point::max();
     s.started_ = false;  // the timer thread did not survive the fork
-    // Threads waiting on these in the parent do not exist here; a thread
+    // Threads waiting on it in the parent do not exist here; a thread
     // inside a move of a manual clock may have held the advance lock.
     new (&s.cv_) std::condition_variable();
-    if constexpr (manual_timers<Clock>) new (&s.advance_mu_) std::recursive_mutex();
+    if constexpr (manual_timers<Clock>) {
+      // The advance lock gets a fresh mutex in every case: a recursive mutex
+      // records its owner's kernel thread id, which the forking thread does
+      // not keep in the child, so even its own unlock would fail there. If
+      // the forking thread was inside moves (a fork() from a callback that a
+      // move fired), it takes the fresh mutex as many times, so that its way
+      // out of those moves unlocks it. Any other state (another thread
+      // inside a move, or between its lock and its bookkeeping) leaves the
+      // fresh mutex unlocked.
+      const bool mine = s.advance_owner_ == std::this_thread::get_id();
+      const int depth = mine ? s.advance_depth_ : 0;
+      new (&s.advance_mu_) std::recursive_mutex();
+      for (int i = 0; i < depth; ++i) s.advance_mu_.lock();
+      s.advance_depth_ = depth;
+      if (!mine) s.advance_owner_ = std::thread::id();
+    }
     s.mu_.unlock();
   }
 
@@ -330,6 +359,8 @@ class timer_service {
   sleep_record slept_;  // for tests
   // Manual clocks: serialises the moves of the clock (see advance()).
   std::recursive_mutex advance_mu_;
+  int advance_depth_ = 0;          // nested moves in progress; guarded by advance_mu_
+  std::thread::id advance_owner_;  // the thread moving the clock; guarded by advance_mu_
 
   inline static timer_service* const made_before_main_ = &instance();
 };
