@@ -9,9 +9,10 @@
 #include <barrier>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <latch>
-#include <mutex>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <stop_token>
 #include <thread>
@@ -45,6 +46,67 @@ void at_once(A&& on_thread, B&& here) {
   });
   start.arrive_and_wait();
   here();
+}
+
+/// Rounds for a race whose window is a few instructions wide: many in plain
+/// builds, where such a race is caught by timing alone; fewer under a
+/// sanitizer (which runs 5 to 20 times slower and catches data races by
+/// itself) or valgrind (the leak check sets CTX_STRESS_MS).
+int race_rounds(int plain) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  return plain / 10;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+  return plain / 10;
+#endif
+#endif
+  if (std::getenv("CTX_STRESS_MS")) return plain / 20;
+  return plain;
+}
+
+/// Busy-waits for about `n` short steps (a few nanoseconds each).
+void spin_for(int n) {
+  std::atomic<int> sink{0};
+  for (int i = 0; i < n; ++i) sink.fetch_add(1, std::memory_order_relaxed);
+}
+
+/// Spins until `pred()`, yielding only after a while (one core: let the other thread run).
+template <class P>
+void spin_until(P&& pred) {
+  for (int spin = 0; !pred(); ++spin)
+    if (spin > 10'000) std::this_thread::yield();
+}
+
+/// Runs `rounds` rounds of a race between `on_thread(r)`, on one thread that
+/// lives through every round, and `here(r)`, on this one. Between rounds both
+/// threads spin, without sleeping or a system call, so that the two calls
+/// start within nanoseconds of each other, and each round delays one side by
+/// a few more steps than the last, so that the start of one call is swept
+/// across the other: a window of a few instructions is hit many times, where
+/// threads that meet through a latch (a futex wake-up, microseconds) would
+/// hardly ever hit it. `prepare(r)` runs before the round, `check(r)` after
+/// both calls returned, both on this thread.
+template <class Prepare, class A, class B, class Check>
+void lockstep(int rounds, Prepare&& prepare, A&& on_thread, B&& here, Check&& check) {
+  std::atomic<int> go{0};
+  std::atomic<int> finished{0};
+  std::thread t([&] {
+    for (int r = 1; r <= rounds; ++r) {
+      spin_until([&] { return go.load() >= r; });
+      if (r % 128 >= 64) spin_for(r % 64);
+      on_thread(r);
+      finished.store(r);
+    }
+  });
+  for (int r = 1; r <= rounds; ++r) {
+    prepare(r);
+    go.store(r);
+    if (r % 128 < 64) spin_for(r % 64);
+    here(r);
+    spin_until([&] { return finished.load() >= r; });
+    check(r);
+  }
+  t.join();
 }
 
 /// A tree of `width`^`depth` contexts below `root`, with a handle for each.
@@ -86,8 +148,10 @@ TEST_CASE("concurrent cancels of a tree: every loser also returns with the subtr
       sync.arrive_and_wait();
       // Half cancel the root, half cancel inner nodes; all check the subtree.
       const std::size_t idx = i % 2 ? 0 : i;
-      if (i % 2) cancel(P);
-      else t.handles[idx]();
+      if (i % 2)
+        cancel(P);
+      else
+        t.handles[idx]();
       if (i % 2)
         for (const auto& c : t.contexts)
           if (!c.done()) failures.fetch_add(1);
@@ -157,7 +221,8 @@ TEST_CASE("fast path: a leaf cancelled by its handle and by its parent at once",
   }
 }
 
-TEST_CASE("fast path: after_func registered while the leaf is cancelled runs exactly once", "[race][fast_path]") {
+TEST_CASE("fast path: after_func registered while the leaf is cancelled runs exactly once",
+          "[race][fast_path]") {
   for (int round = 0; round < 500; ++round) {
     auto c_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
     auto& c = c_cancel.context;
@@ -219,6 +284,75 @@ TEST_CASE("a thread that sees done() sees the final err and cause", "[race]") {
   }
 }
 
+TEST_CASE("a reader chasing a cancel through many children sees each one's final err and cause", "[race]") {
+  // A cancel marks the children of a node one after another, oldest first.
+  // A reader that waits for each child to turn done, in the same order,
+  // reads its err and cause right after that child's state word was written:
+  // a cancel that published done before err and cause is caught in the act.
+  constexpr int width = 256;
+  int wrong = 0;
+  std::vector<ctx::context> kids;
+  std::vector<ctx::cancel_handle> handles;
+  ctx::cancel_handle root_cancel;
+  lockstep(
+      race_rounds(1000),
+      [&](int) {
+        kids.clear();
+        handles.clear();
+        auto root = ctx::with_cancel(ctx::background());
+        for (int i = 0; i < width; ++i) {
+          auto [c, h] = ctx::with_cancel(root.context);
+          kids.push_back(std::move(c));
+          handles.push_back(std::move(h));
+        }
+        root_cancel = std::move(root.cancel);
+      },
+      [&](int) {
+        for (const auto& k : kids) {
+          spin_until([&] { return k.done(); });
+          if (k.err() != ctx::errc::canceled || k.cause() != P) ++wrong;
+        }
+      },
+      [&](int) { root_cancel(P); }, [](int) {});
+  CHECK(wrong == 0);
+}
+
+TEST_CASE("after_func racing a cancel runs its callback exactly once", "[race][after_func]") {
+  // Each kind of node: a leaf (cancelled by one compare-and-swap), a node
+  // with a child (cancelled under its lock), a node with a stop source.
+  for (const int kind : {0, 1, 2}) {
+    INFO("kind " << kind);
+    int wrong = 0;
+    ctx::context c;
+    ctx::cancel_handle cancel;
+    ctx::context child;
+    ctx::cancel_handle child_cancel;
+    std::stop_token token;
+    std::atomic<int> runs{0};
+    ctx::registration reg;
+    lockstep(
+        race_rounds(60'000),
+        [&](int) {
+          reg = ctx::registration{};
+          runs = 0;
+          auto d = ctx::with_cancel(ctx::background());
+          if (kind == 1) {
+            auto e = ctx::with_cancel(d.context);
+            child = std::move(e.context);
+            child_cancel = std::move(e.cancel);
+          }
+          if (kind == 2) token = d.context.stop_token();
+          c = std::move(d.context);
+          cancel = std::move(d.cancel);
+        },
+        [&](int) { cancel(); }, [&](int) { reg = ctx::after_func(c, [&runs] { runs.fetch_add(1); }); },
+        [&](int) {
+          if (runs.load() != 1) ++wrong;
+        });
+    CHECK(wrong == 0);
+  }
+}
+
 TEST_CASE("after_func stop versus cancel: exactly one of them wins", "[race][after_func]") {
   for (int round = 0; round < 500; ++round) {
     auto c_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
@@ -232,7 +366,8 @@ TEST_CASE("after_func stop versus cancel: exactly one of them wins", "[race][aft
   }
 }
 
-TEST_CASE("destroying a registration waits for its callback running on another thread", "[race][after_func]") {
+TEST_CASE("destroying a registration waits for its callback running on another thread",
+          "[race][after_func]") {
   auto c_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
   auto& c = c_cancel.context;
   auto& cancel = c_cancel.cancel;
@@ -312,15 +447,18 @@ TEST_CASE("children dropped while their parent is being cancelled", "[race]") {
     std::barrier sync(5);
     run_threads(5, [&](unsigned i) {
       sync.arrive_and_wait();
-      if (i == 4) cancel();
-      else batches[i].clear();  // drop context and handle: each child leaves (or is skipped)
+      if (i == 4)
+        cancel();
+      else
+        batches[i].clear();  // drop context and handle: each child leaves (or is skipped)
     });
     const auto* node = static_cast<const ctx::detail::cancel_node*>(ctx::detail::access::of(root));
     CHECK(node->first_child == nullptr);
   }
 }
 
-TEST_CASE("stop tokens asked for while the context is being cancelled are all stopped", "[race][stop_token]") {
+TEST_CASE("stop tokens asked for while the context is being cancelled are all stopped",
+          "[race][stop_token]") {
   for (int round = 0; round < 200; ++round) {
     auto c_cancel = ctx::with_cancel(ctx::background());  // clang 14 cannot capture structured bindings
     auto& c = c_cancel.context;
@@ -439,8 +577,8 @@ TEST_CASE("a callback on the timer thread destroys its own registration", "[race
       ran.fetch_add(1);
       auto* f = &finished;
       if (std::this_thread::get_id() != main_id) {  // not the rare inline run of an already-expired timer
-        armed.wait(false);                           // `*reg` is assigned
-        reg.reset();                                 // destroys this callable: no capture is touched after it
+        armed.wait(false);                          // `*reg` is assigned
+        reg.reset();                                // destroys this callable: no capture is touched after it
       }
       f->store(true);
       f->notify_all();
@@ -467,7 +605,8 @@ TEST_CASE("stop from another thread while the timer thread runs the callback", "
   }
 }
 
-TEST_CASE("a condition_variable_any wait on stop_token wakes on cancel, never misses it", "[race][stop_token]") {
+TEST_CASE("a condition_variable_any wait on stop_token wakes on cancel, never misses it",
+          "[race][stop_token]") {
   // The waiter may block before, while or after the cancel requests stop:
   // std::condition_variable_any's stop_token overloads must not lose the wake-up.
   std::mt19937 rng(13);
@@ -493,7 +632,8 @@ TEST_CASE("a condition_variable_any wait on stop_token wakes on cancel, never mi
   }
 }
 
-TEST_CASE("a condition_variable_any wait on stop_token wakes when the timer fires", "[race][stop_token][real]") {
+TEST_CASE("a condition_variable_any wait on stop_token wakes when the timer fires",
+          "[race][stop_token][real]") {
   std::mt19937 rng(17);
   for (int round = 0; round < 200; ++round) {
     auto d = ctx::with_timeout(ctx::background(), std::chrono::microseconds(rng() % 300));
@@ -527,7 +667,7 @@ TEST_CASE("destroying the last reference to a context inside its own callback on
     h->r = ctx::after_func(h->c, [&h, &armed, &finished, main_id] {
       auto* f = &finished;
       if (std::this_thread::get_id() != main_id) {  // not the rare inline run of an already-expired timer
-        armed.wait(false);                           // `h->r` is assigned
+        armed.wait(false);                          // `h->r` is assigned
         h.reset();  // destroys the registration (and this callable), the handle, the context
       }
       f->store(true);

@@ -73,7 +73,8 @@ TEST_CASE("soak: deriving and dropping millions of children of one parent keeps 
   const long n = soak_count();
   auto parent_d = ctx::with_timeout(ctx::background(), 1h);  // clang 14 cannot capture structured bindings
   const ctx::context& parent = parent_d.context;
-  auto [earliest, ec] = ctx::with_timeout(ctx::background(), 10min);  // heap top: children do not wake the timer thread
+  auto [earliest, ec] =
+      ctx::with_timeout(ctx::background(), 10min);  // heap top: children do not wake the timer thread
   const auto round = [&parent](long i) {
     switch (i % 8) {
       case 0: {  // a child with its own, earlier deadline: a timer inserted and removed
@@ -103,9 +104,10 @@ TEST_CASE("soak: deriving and dropping millions of children of one parent keeps 
   for (long i = 0; i < n; ++i) round(i);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const long after = rss_bytes();
-  std::printf("soak: %ld contexts derived and dropped in %.2f s; RSS %.1f MiB before, %.1f MiB after (%+.2f MiB)\n", n,
-              secs, static_cast<double>(before) / (1 << 20), static_cast<double>(after) / (1 << 20),
-              static_cast<double>(after - before) / (1 << 20));
+  std::printf(
+      "soak: %ld contexts derived and dropped in %.2f s; RSS %.1f MiB before, %.1f MiB after (%+.2f MiB)\n",
+      n, secs, static_cast<double>(before) / (1 << 20), static_cast<double>(after) / (1 << 20),
+      static_cast<double>(after - before) / (1 << 20));
   if (rss_meaningless()) {
     std::printf("soak: under ASan or valgrind, which keep freed memory on purpose: RSS bound not asserted\n");
   } else {
@@ -114,5 +116,6 @@ TEST_CASE("soak: deriving and dropping millions of children of one parent keeps 
   const auto* pn = static_cast<const ctx::detail::cancel_node*>(ctx::detail::access::of(parent));
   CHECK(pn->first_child == nullptr);  // no dead child left in the parent's list
   CHECK(pn->refs.load() == 2);        // `parent` and its handle
-  CHECK(ctx::detail::timer_service<std::chrono::steady_clock>::instance().pending() == 2);  // parent and `earliest`
+  CHECK(ctx::detail::timer_service<std::chrono::steady_clock>::instance().pending() ==
+        2);  // parent and `earliest`
 }

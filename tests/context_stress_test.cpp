@@ -130,7 +130,8 @@ struct thread_state {
 
 }  // namespace
 
-TEST_CASE("stress: threads derive, cancel, drop and register on one tree while timers fire", "[stress][real]") {
+TEST_CASE("stress: threads derive, cancel, drop and register on one tree while timers fire",
+          "[stress][real]") {
   const unsigned threads = 6;
   const int rounds = 4;
   const auto round_time = std::chrono::milliseconds(env_or("CTX_STRESS_MS", 2000) / rounds);
@@ -170,23 +171,27 @@ TEST_CASE("stress: threads derive, cancel, drop and register on one tree while t
                 case 1: {
                   auto [c, h] = ctx::with_cancel(parent.c);
                   if (rng() % 4 == 0) me.own.push_back({c, parent.under_root});
-                  tree.add({std::move(c), parent.under_root}, std::make_shared<ctx::cancel_handle>(std::move(h)), rng);
+                  tree.add({std::move(c), parent.under_root},
+                           std::make_shared<ctx::cancel_handle>(std::move(h)), rng);
                   break;
                 }
                 case 2: {  // a real timer, 0-2 ms
                   auto [c, h] = ctx::with_timeout(parent.c, std::chrono::microseconds(rng() % 2000), P);
                   if (rng() % 4 == 0) me.own.push_back({c, parent.under_root});
-                  tree.add({std::move(c), parent.under_root}, std::make_shared<ctx::cancel_handle>(std::move(h)), rng);
+                  tree.add({std::move(c), parent.under_root},
+                           std::make_shared<ctx::cancel_handle>(std::move(h)), rng);
                   break;
                 }
                 case 3: {  // linked to another context through its stop token
                   const entry other = tree.pick(rng);
                   auto [c, h] = ctx::with_stop_token(parent.c, other.c.stop_token());
-                  tree.add({std::move(c), parent.under_root}, std::make_shared<ctx::cancel_handle>(std::move(h)), rng);
+                  tree.add({std::move(c), parent.under_root},
+                           std::make_shared<ctx::cancel_handle>(std::move(h)), rng);
                   break;
                 }
                 case 4:
-                  tree.add({ctx::with_value(parent.c, stress_key, static_cast<int>(t)), parent.under_root}, nullptr, rng);
+                  tree.add({ctx::with_value(parent.c, stress_key, static_cast<int>(t)), parent.under_root},
+                           nullptr, rng);
                   break;
                 case 5:
                   if (rng() % 8 == 0) tree.add({ctx::without_cancel(parent.c), false}, nullptr, rng);
@@ -200,7 +205,8 @@ TEST_CASE("stress: threads derive, cancel, drop and register on one tree while t
                 case 8:
                 case 9: {  // a callback that counts; some also cancel a handle from inside
                   auto runs = std::make_shared<std::atomic<int>>(0);
-                  std::shared_ptr<ctx::cancel_handle> victim = rng() % 4 == 0 ? tree.pick_handle(rng) : nullptr;
+                  std::shared_ptr<ctx::cancel_handle> victim =
+                      rng() % 4 == 0 ? tree.pick_handle(rng) : nullptr;
                   reg_entry r{ctx::after_func(parent.c,
                                               [runs, victim, tr = tracker{}] {
                                                 runs->fetch_add(1, std::memory_order_relaxed);
@@ -265,7 +271,8 @@ TEST_CASE("stress: threads derive, cancel, drop and register on one tree while t
       for (reg_entry& r : s.regs) {
         if (r.fate == reg_fate::kept || r.fate == reg_fate::stop_failed)
           if (r.under_root || r.fate == reg_fate::stop_failed)
-            while (r.runs->load() == 0 && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
+            while (r.runs->load() == 0 && std::chrono::steady_clock::now() < give_up)
+              std::this_thread::yield();
       }
     for (thread_state& s : states) {
       for (reg_entry& r : s.regs) r.reg = ctx::registration{};  // waits for any callback still running
@@ -300,7 +307,7 @@ TEST_CASE("stress: threads derive, cancel, drop and register on one tree while t
     CHECK(bad_callback.load() == 0);
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  std::printf("stress: %u threads x %d rounds: %ld operations, %ld callbacks run, in %.2f s (%.0f ops/s)\n", threads,
-              rounds, total_ops, total_callbacks, secs, static_cast<double>(total_ops) / secs);
+  std::printf("stress: %u threads x %d rounds: %ld operations, %ld callbacks run, in %.2f s (%.0f ops/s)\n",
+              threads, rounds, total_ops, total_callbacks, secs, static_cast<double>(total_ops) / secs);
   CHECK(total_ops > 0);
 }

@@ -4,7 +4,9 @@
 #include <ctx/ctx.hpp>
 #include <ctx/testing.hpp>
 
+#include <atomic>
 #include <chrono>
+#include <future>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -57,6 +59,14 @@ TEST_CASE("every derivation returns the same move-only cancel handle type", "[co
   STATIC_REQUIRE(std::is_same_v<decltype(cc), ctx::cancel_handle>);
   STATIC_REQUIRE_FALSE(std::is_copy_constructible_v<ctx::cancel_handle>);
   STATIC_REQUIRE(std::is_nothrow_move_constructible_v<ctx::cancel_handle>);
+}
+
+TEST_CASE("derived defaults to the steady clock as basic_context does", "[context]") {
+  STATIC_REQUIRE(std::is_same_v<ctx::derived<>, ctx::derived<std::chrono::steady_clock>>);
+  STATIC_REQUIRE(std::is_same_v<ctx::derived<>, decltype(ctx::with_cancel(ctx::context{}))>);
+  ctx::derived<> d = ctx::with_cancel(ctx::background());
+  d.cancel();
+  CHECK(d.context.err() == canceled);
 }
 
 TEST_CASE("background and todo are never done and have no deadline", "[context]") {
@@ -112,7 +122,7 @@ TEST_CASE("destroying the handle cancels", "[cancel]") {
   CHECK(c.err() == canceled);
 }
 
-TEST_CASE("the first cancel wins; later ones change nothing", "[cancel]") {
+TEST_CASE("the first cancel wins and later ones change nothing", "[cancel]") {
   auto [c, cancel] = ctx::with_cancel(ctx::background());
   cancel(P);
   cancel(C);
@@ -188,7 +198,7 @@ TEST_CASE("wait returns once the context is done", "[cancel]") {
   c.wait();  // done already: returns at once
 }
 
-// --- Go's TestCause, row for row (DESIGN.md appendix) -------------------------
+// --- Go's TestCause, row for row ------------------------------------------
 
 TEST_CASE("truth table: background and todo", "[truth]") {
   CHECK(ctx::background().err() == std::error_code{});
@@ -520,12 +530,29 @@ TEST_CASE("a real deadline fires on time, within a generous bound", "[deadline][
 }
 
 TEST_CASE("an earlier deadline added later wakes the timer thread", "[deadline][real]") {
-  auto [late, cl] = ctx::with_timeout(ctx::background(), 1h);
+  // The timer thread must be asleep on the later deadline when the earlier
+  // one arrives (else it finds the earlier one when it next looks anyway, and
+  // a thread woken only when idle would pass): wait until it went to sleep
+  // on it, after it was added.
+  auto& timers = ctx::detail::timer_service<std::chrono::steady_clock>::instance();
+  const auto before = timers.last_sleep().count;
+  auto late_d = ctx::with_timeout(ctx::background(), 1h);  // clang 14 cannot capture structured bindings
+  const auto late_deadline = *late_d.context.deadline();
+  const auto asleep_on_late = [&] {
+    const auto s = timers.last_sleep();
+    return s.count > before && s.until == late_deadline;
+  };
+  const auto give_up = std::chrono::steady_clock::now() + 60s;
+  while (!asleep_on_late() && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
+  REQUIRE(asleep_on_late());
   const auto start = std::chrono::steady_clock::now();
   auto [soon, cs] = ctx::with_timeout(ctx::background(), 20ms);
-  soon.wait();
-  CHECK(std::chrono::steady_clock::now() - start < 5s);
-  CHECK_FALSE(late.done());
+  // Bounded: a timer thread left asleep would make this wait an hour.
+  std::promise<void> fired;
+  auto reg = ctx::after_func(soon, [&fired] { fired.set_value(); });
+  CHECK(fired.get_future().wait_for(10s) == std::future_status::ready);
+  CHECK(std::chrono::steady_clock::now() - start < 10s);
+  CHECK_FALSE(late_d.context.done());
 }
 
 TEST_CASE("deadline firing requests stop on the context's stop token", "[deadline][real]") {
@@ -725,12 +752,14 @@ TEST_CASE("stop prevents the callback, once", "[after_func]") {
 TEST_CASE("destroying the registration deregisters the callback", "[after_func]") {
   auto [c, cancel] = ctx::with_cancel(ctx::background());
   int runs = 0;
-  { auto reg = ctx::after_func(c, [&] { ++runs; }); }
+  {
+    auto reg = ctx::after_func(c, [&] { ++runs; });
+  }
   cancel();
   CHECK(runs == 0);
 }
 
-TEST_CASE("after_func on a never-done context never runs; stop is true once", "[after_func]") {
+TEST_CASE("after_func on a never-done context never runs and stop is true once", "[after_func]") {
   int runs = 0;
   auto reg = ctx::after_func(ctx::background(), [&] { ++runs; });
   auto reg2 = ctx::after_func(ctx::without_cancel(ctx::background()), [&] { ++runs; });
@@ -799,6 +828,93 @@ TEST_CASE("a callback may drop the last reference to its context", "[after_func]
   CHECK(ran);
 }
 
+namespace {
+
+/// A context made and registered inside a callback, on the memory a node
+/// freed too early would be reused from (the per-thread node cache): a
+/// cancel still touching the freed node would run this callback.
+struct bystander {
+  ctx::context c;
+  ctx::cancel_handle cancel;
+  ctx::registration reg;
+  int runs = 0;
+  void make() {
+    auto d = ctx::with_cancel(ctx::background());
+    reg = ctx::after_func(d.context, [this] { ++runs; });
+    c = std::move(d.context);
+    cancel = std::move(d.cancel);
+  }
+};
+
+}  // namespace
+
+// Regression (issue 9, bug 1): the handle and the registration held the last
+// two references, the callback destroyed both, and the cancel kept using the
+// freed node (under ASan a heap-use-after-free; without it, the next node from
+// the cache had its callback run by a cancel nobody made).
+TEST_CASE("a callback may destroy the handle whose call is running it and its own registration",
+          "[after_func]") {
+  struct owner {
+    ctx::cancel_handle cancel;
+    ctx::registration reg;
+  };
+  for (const bool with_cause : {false, true}) {
+    auto o = std::make_unique<owner>();
+    bystander other;
+    int runs = 0;
+    {
+      auto d = ctx::with_cancel(ctx::background());
+      o->cancel = std::move(d.cancel);
+      o->reg = ctx::after_func(d.context, [&o, &other, &runs] {
+        auto& next = other;  // the closure dies with o->reg: take what is needed first
+        auto& count = runs;
+        ++count;
+        o.reset();  // the last two references: the handle being called and this registration
+        next.make();
+      });
+    }  // the context itself is gone
+    if (with_cause)
+      o->cancel(P);
+    else
+      o->cancel();
+    CHECK(runs == 1);
+    CHECK(o == nullptr);
+    CHECK(other.runs == 0);
+    CHECK_FALSE(other.c.done());
+  }
+}
+
+TEST_CASE("a stop callback may destroy the handle whose call is running it and the last context",
+          "[stop_token]") {
+  struct owner;
+  struct on_stop {
+    std::unique_ptr<owner>* self;
+    bystander* other;
+    void operator()() const noexcept {
+      auto* next = other;
+      self->reset();  // destroys this stop callback, the last context and the handle being called
+      next->make();
+    }
+  };
+  struct owner {
+    ctx::context c;
+    ctx::cancel_handle cancel;
+    std::optional<std::stop_callback<on_stop>> cb;
+  };
+  auto o = std::make_unique<owner>();
+  bystander other;
+  {
+    auto d = ctx::with_cancel(ctx::background());
+    o->c = std::move(d.context);
+    o->cancel = std::move(d.cancel);
+  }
+  o->cb.emplace(o->c.stop_token(), on_stop{&o, &other});
+  o->cancel();
+  CHECK(o == nullptr);
+  CHECK(other.runs == 0);
+  CHECK_FALSE(other.c.done());
+}
+
 TEST_CASE("the callable is destroyed with the registration", "[after_func]") {
   auto token = std::make_shared<int>(1);
   std::weak_ptr<int> watch = token;
@@ -810,7 +926,7 @@ TEST_CASE("the callable is destroyed with the registration", "[after_func]") {
   CHECK(watch.expired());
 }
 
-TEST_CASE("a registration can be moved; the moved-to one owns the callback", "[after_func]") {
+TEST_CASE("a registration can be moved and the moved-to one owns the callback", "[after_func]") {
   auto [c, cancel] = ctx::with_cancel(ctx::background());
   int runs = 0;
   ctx::registration outer;
@@ -855,6 +971,48 @@ TEST_CASE("contexts work on any clock, system_clock included", "[deadline][real]
   STATIC_REQUIRE(std::is_same_v<decltype(c)::time_point, std::chrono::system_clock::time_point>);
   c.wait();
   CHECK(c.err() == deadline_exceeded);
+}
+
+namespace {
+
+/// steady_clock's time, with a now() that derives and cancels a deadline on
+/// this clock when called on the timer thread: user code that takes the
+/// timer service's mutex.
+struct reentrant_clock {
+  using duration = std::chrono::steady_clock::duration;
+  using rep = duration::rep;
+  using period = duration::period;
+  using time_point = std::chrono::time_point<reentrant_clock>;
+  [[maybe_unused]] static constexpr bool is_steady = true;
+  static inline std::atomic<std::thread::id> timer_thread{};
+  static time_point now() {
+    thread_local bool inside = false;
+    if (!inside && std::this_thread::get_id() == timer_thread.load()) {
+      inside = true;
+      auto [c, cancel] = ctx::with_timeout(ctx::background<reentrant_clock>(), 1h);  // schedule, then remove
+      inside = false;
+    }
+    return time_point(std::chrono::steady_clock::now().time_since_epoch());
+  }
+};
+
+}  // namespace
+
+// The timer thread read a user clock's now() while holding the service's
+// mutex: a now() that derives a deadline on its own clock deadlocked it (and
+// a fork() would have waited for any now() that blocks).
+TEST_CASE("the timer thread calls a user clock's now without holding its lock", "[deadline][real]") {
+  std::promise<std::thread::id> fired_on;
+  auto [first, c1] = ctx::with_timeout(ctx::background<reentrant_clock>(), 1ms);
+  auto r1 = ctx::after_func(first, [&fired_on] { fired_on.set_value(std::this_thread::get_id()); });
+  auto on = fired_on.get_future();
+  REQUIRE(on.wait_for(10s) == std::future_status::ready);
+  reentrant_clock::timer_thread = on.get();  // from now on, its now() reenters the service
+  std::promise<void> fired;
+  auto [second, c2] = ctx::with_timeout(ctx::background<reentrant_clock>(), 20ms);
+  auto r2 = ctx::after_func(second, [&fired] { fired.set_value(); });
+  CHECK(fired.get_future().wait_for(10s) == std::future_status::ready);
+  reentrant_clock::timer_thread = std::thread::id{};
 }
 
 TEST_CASE("ctx::error can be made from an error alone", "[cancel]") {

@@ -60,3 +60,13 @@ TEST_CASE("an error_code from any API formats as its operator<< prints it", "[fm
   }
   CHECK(fmt::format("{}", c.err()) == "ctx:1");
 }
+
+// Regression (issue 9, bug 7): `when - now` overflowed for a time_point::min()
+// deadline, and a done context printed a deadline far in the future.
+TEST_CASE("a deadline at the start of time prints as far in the past", "[fmt]") {
+  manual::advance(1s);  // now > 0: min() - now does not fit
+  auto [c, cancel] = ctx::with_deadline(ctx::background<manual>(), manual::time_point::min());
+  REQUIRE(c.done());
+  CHECK(fmt::format("{}", c) ==
+        "background.with_deadline(-9223372036.855s)");  // saturated at duration::min()
+}

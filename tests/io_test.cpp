@@ -464,42 +464,79 @@ TEST_CASE("write writes everything to a pipe and a socket while a reader drains 
   }
 }
 
+namespace {
+
+// Holds a thread inside a signal handler until released: the thread can then
+// not run the code after its poll(), which makes a schedule certain.
+std::atomic<bool> held_in_handler{false};
+std::atomic<bool> release_handler{false};
+extern "C" void hold_until_released(int) {
+  held_in_handler.store(true);
+  while (!release_handler.load()) {
+  }
+}
+
+}  // namespace
+
 TEST_CASE("a cancelled write reports exactly how much it wrote", "[io][cancel]") {
   // A small pipe (blocking and not), and a socket pair: the reader takes some
   // bytes, the writer blocks on the full buffer, the cancel ends it, and what
-  // arrived is exactly the first bytes() bytes of the data.
+  // arrived is exactly the first bytes() bytes of the data. Two schedules:
+  // the writer free to refill the buffer before the cancel lands, and the
+  // writer held (in a signal handler, outside poll()) while the reader takes
+  // bytes and the cancel lands, so that it wrote nothing more than what was
+  // read. The bytes written are at least the bytes read before the cancel:
+  // no more can be promised (with a 4096-byte pipe, reads of up to 1000 bytes
+  // take exactly 8192 in ten reads, and the cancel may land before the writer
+  // refills the third page).
+  struct sigaction sa {};
+  sa.sa_handler = hold_until_released;
+  sigemptyset(&sa.sa_mask);
+  struct sigaction old {};
+  REQUIRE(::sigaction(SIGUSR2, &sa, &old) == 0);
   const auto data = test::pattern(1 << 20);
   enum kind { blocking_pipe, nonblocking_pipe, socket_pair };
-  for (kind k : {blocking_pipe, nonblocking_pipe, socket_pair}) {
-    INFO("kind " << k);
-    auto p = k == socket_pair ? test::make_socketpair() : test::make_pipe(O_CLOEXEC, 4096);
-    if (k == nonblocking_pipe) ::fcntl(p.b.get(), F_SETFL, O_NONBLOCK);  // the write end only
-    auto [c, cancel] = ctx::with_cancel(ctx::background());
-    worker<ctx::io::result> w([&, c = c] { return ctx::io::write(c, p.b.get(), data); });
-    REQUIRE(w.blocked());
-    std::vector<std::byte> got;
-    std::byte buf[1000];
-    for (int i = 0; i < 10; ++i) {
-      const ssize_t n = ::read(p.a.get(), buf, sizeof buf);
-      REQUIRE(n > 0);
-      got.insert(got.end(), buf, buf + n);
-    }
-    REQUIRE(w.blocked());
-    cancel();
-    const auto r = w.get();
-    CHECK(r.error() == canceled);
-    const auto rest = test::drain(p.a.get());
-    got.insert(got.end(), rest.begin(), rest.end());
-    CHECK(r.bytes() >= 10000);
-    CHECK(r.bytes() < data.size());
-    CHECK(got.size() == r.bytes());
-    CHECK(std::equal(got.begin(), got.end(), data.begin()));
+  for (const bool hold_writer : {false, true})
+    for (kind k : {blocking_pipe, nonblocking_pipe, socket_pair}) {
+      INFO("kind " << k << (hold_writer ? ", writer held" : ""));
+      auto p = k == socket_pair ? test::make_socketpair() : test::make_pipe(O_CLOEXEC, 4096);
+      if (k == nonblocking_pipe) ::fcntl(p.b.get(), F_SETFL, O_NONBLOCK);  // the write end only
+      auto [c, cancel] = ctx::with_cancel(ctx::background());
+      worker<ctx::io::result> w([&, c = c] { return ctx::io::write(c, p.b.get(), data); });
+      REQUIRE(w.blocked());
+      if (hold_writer) {
+        held_in_handler = false;
+        release_handler = false;
+        REQUIRE(::pthread_kill(w.t.native_handle(), SIGUSR2) == 0);
+        while (!held_in_handler.load()) std::this_thread::yield();
+      }
+      std::vector<std::byte> got;
+      std::byte buf[1000];
+      for (int i = 0; i < 10; ++i) {
+        const ssize_t n = ::read(p.a.get(), buf, sizeof buf);
+        REQUIRE(n > 0);
+        got.insert(got.end(), buf, buf + n);
+        if (hold_writer) break;  // the held writer refills nothing: one read, or the next one blocks for ever
+      }
+      const std::size_t read_before_cancel = got.size();
+      if (!hold_writer) REQUIRE(w.blocked());
+      cancel();
+      release_handler = true;
+      const auto r = w.get();
+      CHECK(r.error() == canceled);
+      const auto rest = test::drain(p.a.get());
+      got.insert(got.end(), rest.begin(), rest.end());
+      CHECK(r.bytes() >= read_before_cancel);
+      CHECK(r.bytes() < data.size());
+      CHECK(got.size() == r.bytes());
+      CHECK(std::equal(got.begin(), got.end(), data.begin()));
 
-    // The fd is unchanged and usable: its flags, and a write that fits.
-    CHECK(((::fcntl(p.b.get(), F_GETFL) & O_NONBLOCK) != 0) == (k == nonblocking_pipe));
-    const auto more = ctx::io::write(ctx::background(), p.b.get(), as_bytes("more"));
-    CHECK(more.bytes() == 4);
-  }
+      // The fd is unchanged and usable: its flags, and a write that fits.
+      CHECK(((::fcntl(p.b.get(), F_GETFL) & O_NONBLOCK) != 0) == (k == nonblocking_pipe));
+      const auto more = ctx::io::write(ctx::background(), p.b.get(), as_bytes("more"));
+      CHECK(more.bytes() == 4);
+    }
+  ::sigaction(SIGUSR2, &old, nullptr);
 }
 
 TEST_CASE("a closed reader is EPIPE, never a SIGPIPE", "[io][errors]") {

@@ -151,6 +151,19 @@ TEST_CASE("a zero grace period or SIGKILL as the signal kills at once", "[proces
   }
 }
 
+// Regression (issue 9, bug 8): `now + grace` overflowed for a grace of
+// duration::max(). It worked on x86 only because the wrap-around cancelled
+// out in `until - now`; UBSan (the asan preset) stops the test there.
+TEST_CASE("a grace period of duration max waits for the child without overflowing", "[process][cancel]") {
+  const pid_t pid = spawn({"/bin/sleep", "30"});
+  auto [c, cancel] = ctx::with_cancel(ctx::background());
+  cancel();
+  const auto r = ctx::process::wait(c, pid, {SIGTERM, std::chrono::steady_clock::duration::max()});
+  CHECK(r.error() == canceled);
+  CHECK(r.signal() == SIGTERM);  // ended by the polite signal: it was given its grace
+  CHECK(reaped(pid));
+}
+
 TEST_CASE("a manual-clock deadline stops the wait when the clock is advanced", "[process][deadline]") {
   const pid_t pid = spawn({"/bin/sleep", "30"});
   auto [c, cancel] = ctx::with_timeout(ctx::background<manual>(), 5s);

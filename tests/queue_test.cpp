@@ -12,12 +12,14 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
 #include <system_error>
 #include <thread>
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/posix_helpers.hpp"
 
 using namespace std::chrono_literals;
 using manual = ctx::testing::manual_clock;
@@ -27,6 +29,7 @@ namespace {
 const std::error_code canceled = ctx::errc::canceled;
 const std::error_code deadline_exceeded = ctx::errc::deadline_exceeded;
 const std::error_code closed = ctx::queue_errc::closed;
+constexpr int round_item = 42;
 
 }  // namespace
 
@@ -244,6 +247,45 @@ TEST_CASE("producers and consumers under cancellation lose and duplicate nothing
   int wrong = 0;
   for (int count : seen) wrong += count != 1;
   CHECK(wrong == 0);
+}
+
+// An item and a cancel that reach a blocked pop together: the pop either
+// returns the item or leaves it in the queue, never takes and drops it. Made
+// deterministic: the consumer is blocked inside the wait; a stop callback
+// registered after the wait's own (so run before it: libstdc++ runs the
+// latest first) pushes the item, so the consumer wakes with the item there
+// and the context done.
+TEST_CASE("an item and a cancel that arrive together are never lost", "[queue][cancel]") {
+  int lost = 0;
+  int taken = 0;
+  for (int round = 0; round < 50; ++round) {
+    ctx::bounded_queue<int> q(4);
+    auto [c, cancel] = ctx::with_cancel(ctx::background());
+    std::atomic<int> tid{0};
+    std::error_code ec;
+    std::optional<int> got;
+    std::thread consumer([&, c = c] {
+      tid = test::this_tid();
+      got = q.pop(c, ec);
+    });
+    while (tid.load() == 0) std::this_thread::yield();
+    REQUIRE(test::wait_until_blocked(tid.load(), test::blocked_in_futex));
+    {
+      std::stop_callback push_first(c.stop_token(), [&q] { (void)q.try_push(round_item); });
+      cancel();
+    }
+    consumer.join();
+    if (got) {
+      ++taken;
+      if (*got != round_item || ec) ++lost;
+    } else {
+      if (ec != canceled) ++lost;
+      std::error_code e2;
+      if (q.try_pop(e2) != round_item) ++lost;  // left in the queue
+    }
+  }
+  CHECK(lost == 0);
+  CHECK(taken > 0);  // the scene was set: the consumer did wake with the item there
 }
 
 TEST_CASE("one cancel wakes 1000 threads blocked in pop on one context", "[queue]") {

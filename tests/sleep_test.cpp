@@ -21,6 +21,12 @@ namespace {
 const std::error_code canceled = ctx::errc::canceled;
 const std::error_code deadline_exceeded = ctx::errc::deadline_exceeded;
 
+/// Busy-waits for about `n` short steps (a few nanoseconds each).
+void spin_for(int n) {
+  std::atomic<int> sink{0};
+  for (int i = 0; i < n; ++i) sink.fetch_add(1, std::memory_order_relaxed);
+}
+
 template <class Clock>
 std::size_t pending() {
   return ctx::detail::timer_service<Clock>::instance().pending();
@@ -178,4 +184,70 @@ TEST_CASE("one manual-clock deadline wakes 1000 threads asleep on one context", 
   manual::advance(1s);
   for (auto& t : sleepers) t.join();
   CHECK(woke.load() == n);
+}
+
+// A sleep of d ends when the clock has moved by d, not one tick earlier.
+TEST_CASE("a manual-clock sleep is still asleep one tick before its end", "[sleep]") {
+  const std::size_t base = pending<manual>();
+  for (const bool until : {false, true}) {
+    const auto start = manual::now();
+    std::error_code result = canceled;
+    manual::time_point returned_at{};
+    std::thread sleeper([&] {
+      result = until ? ctx::sleep_until(ctx::background<manual>(), start + 250ms)
+                     : ctx::sleep_for(ctx::background<manual>(), 250ms);
+      returned_at = manual::now();
+    });
+    await_pending<manual>(base + 1);
+    manual::advance(250ms - 1ns);
+    CHECK(pending<manual>() == base + 1);  // a timer that fired would have left the heap inside advance()
+    manual::advance(1ns);
+    sleeper.join();
+    CHECK(result == std::error_code{});
+    CHECK(returned_at == start + 250ms);
+  }
+}
+
+// Regression (issue 9, bug 6): sleep_until(T) hung although now() >= T when
+// another thread moved the clock past T while the sleep was being set up.
+TEST_CASE("sleep_until returns once now reaches its end even when the clock moves during the call",
+          "[sleep][race]") {
+  // A sleeper that stays alive and spins between rounds, so that its sleep
+  // and the move of the clock start together.
+  std::atomic<int> go{0};
+  std::atomic<int> woke{0};
+  std::atomic<manual::time_point> end{};
+  std::atomic<bool> stop{false};
+  std::thread sleeper([&] {
+    for (int round = 1;; ++round) {
+      for (int spin = 0; go.load() < round; ++spin)
+        if (stop.load())
+          return;
+        else if (spin > 10'000)
+          std::this_thread::yield();  // one core: let the other thread run
+      (void)ctx::sleep_until(ctx::background<manual>(), end.load());
+      woke.store(round);
+    }
+  });
+  int hung = 0;
+  for (int round = 1; round <= 5'000; ++round) {
+    end = manual::now() + 1ns;
+    go.store(round);
+    spin_for(round % 128);  // sweep the move across the start of the sleep
+    manual::advance(1ns);   // now() == end
+    // The sleep must end without another move of the clock. If it has not
+    // within a generous bound, count it and release it.
+    const auto give_up = std::chrono::steady_clock::now() + 10s;
+    for (int spin = 0; woke.load() < round && std::chrono::steady_clock::now() < give_up; ++spin)
+      if (spin > 10'000) std::this_thread::yield();
+    if (woke.load() < round) {
+      ++hung;
+      manual::advance(1ns);
+      while (woke.load() < round) std::this_thread::yield();
+    }
+  }
+  stop = true;
+  sleeper.join();
+  INFO(hung << " of 5000 sleeps did not end");
+  CHECK(hung == 0);
 }

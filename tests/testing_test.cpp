@@ -1,15 +1,32 @@
 // SPDX-License-Identifier: MIT
+#include <ctx/sleep.hpp>
 #include <ctx/testing.hpp>
 
+#include <atomic>
 #include <chrono>
+#include <latch>
+#include <optional>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 #include <type_traits>
+#include <vector>
 
 #include "support/catch.hpp"
+#include "support/posix_helpers.hpp"
 
 using namespace std::chrono_literals;
 using manual = ctx::testing::manual_clock;
+
+namespace {
+
+/// Busy-waits for about `n` short steps (a few nanoseconds each).
+void spin_for(int n) {
+  std::atomic<int> sink{0};
+  for (int i = 0; i < n; ++i) sink.fetch_add(1, std::memory_order_relaxed);
+}
+
+}  // namespace
 
 TEST_CASE("manual_clock is a steady trivial clock", "[testing]") {
   STATIC_REQUIRE(manual::is_steady);
@@ -55,4 +72,100 @@ TEST_CASE("manual-clock contexts never start a timer thread", "[testing]") {
   CHECK_FALSE(c.done());
   manual::advance(1ms);
   CHECK(c.done());
+}
+
+// Regression (issue 9, bug 6): a deadline derived while another thread moves
+// the clock past it was left pending (remaining() == 0 but not done) until
+// some later advance(): the move found no timer, the timer was inserted
+// after it, and an overdue manual timer was never fired at insertion.
+//
+// Made certain: with_timeout reads now() first, then links the new context
+// to its parent under the parent's lock, then inserts its timer. This test
+// holds that lock, so the deriving thread stops in between; the clock moves
+// past the deadline meanwhile.
+TEST_CASE("a deadline derived while another thread advances past it is never left pending", "[testing]") {
+  auto parent = ctx::with_cancel(ctx::background<manual>());
+  ctx::detail::tiny_mutex& parent_lock = ctx::detail::access::of(parent.context)->canc->mtx;
+  for (const bool sleep : {false, true}) {
+    std::atomic<int> tid{0};
+    std::optional<ctx::derived<manual>> d;
+    std::error_code slept = ctx::errc::canceled;
+    parent_lock.lock();
+    std::thread deriver([&] {
+      tid = test::this_tid();
+      if (sleep)
+        slept = ctx::sleep_for(parent.context, 1ns);
+      else
+        d.emplace(ctx::with_timeout(parent.context, 1ns));
+    });
+    while (tid.load() == 0) std::this_thread::yield();
+    REQUIRE(test::wait_until_blocked(tid.load(), test::blocked_in_futex));  // stopped at the parent's lock
+    manual::advance(1ns);  // past its deadline; its timer is not inserted yet
+    parent_lock.unlock();
+    deriver.join();  // a sleep must end without another move of the clock
+    if (sleep) {
+      CHECK(slept == std::error_code{});
+    } else {
+      CHECK(d->context.remaining() == 0ns);
+      CHECK(d->context.err() == ctx::errc::deadline_exceeded);
+    }
+  }
+}
+
+TEST_CASE("deadlines derived while another thread advances are never left pending", "[testing][race]") {
+  // The same as a plain race, in lock-step with a thread that stays alive and
+  // spins, so that the derivation and the move start together.
+  const auto root = ctx::background<manual>();
+  std::atomic<int> go{0};
+  std::atomic<int> moved{0};
+  std::atomic<bool> stop{false};
+  std::thread mover([&] {
+    for (int round = 1;; ++round) {
+      for (int spin = 0; go.load() < round; ++spin)
+        if (stop.load())
+          return;
+        else if (spin > 10'000)
+          std::this_thread::yield();  // one core: let the other thread run
+      manual::advance(1ns);
+      moved.store(round);
+    }
+  });
+  int late = 0;
+  for (int round = 1; round <= 20'000; ++round) {
+    go.store(round);
+    spin_for(round % 128);  // sweep the start of the derivation across the move
+    auto d = ctx::with_timeout(root, 1ns);
+    for (int spin = 0; moved.load() < round; ++spin)
+      if (spin > 10'000) std::this_thread::yield();
+    // The move of this round has returned: a deadline at or before now() has fired.
+    if (d.context.remaining() == 0ns && !d.context.done()) ++late;
+  }
+  stop = true;
+  mover.join();
+  INFO(late << " of 20000 deadlines were left pending");
+  CHECK(late == 0);
+}
+
+TEST_CASE("advance from a callback that an advance fired moves the clock further and fires what is due",
+          "[testing]") {
+  const auto t0 = manual::now();
+  const auto root = ctx::background<manual>();
+  auto [a, ca] = ctx::with_timeout(root, 1s);
+  auto [b, cb] = ctx::with_timeout(root, 3s);
+  auto [c, cc] = ctx::with_timeout(root, 10s);
+  std::vector<int> order;
+  auto ra = ctx::after_func(a, [&order] {
+    order.push_back(1);
+    manual::advance(4s);  // nested: fires b, at t0 + 5s
+    order.push_back(3);
+  });
+  auto rb = ctx::after_func(b, [&order] {
+    order.push_back(2);
+    manual::set(manual::now());  // set() nests too
+  });
+  manual::advance(1s);
+  CHECK(order == std::vector<int>{1, 2, 3});
+  CHECK(manual::now() == t0 + 5s);
+  CHECK(b.err() == ctx::errc::deadline_exceeded);
+  CHECK_FALSE(c.done());
 }

@@ -26,6 +26,7 @@
 #include <utility>
 
 #include "detail/node.hpp"
+#include "detail/time_arith.hpp"
 #include "detail/timer_service.hpp"
 #include "error.hpp"
 #include "key.hpp"
@@ -117,9 +118,7 @@ class basic_context {
   /// it has passed (even before the timer marks the context done). Reads the clock.
   [[nodiscard]] duration remaining() const noexcept {
     if (!n_->dl) return duration::max();
-    const time_point when = static_cast<const detail::deadline_node<Clock>*>(n_->dl)->when;
-    const time_point now = Clock::now();
-    return when <= now ? duration::zero() : when - now;
+    return detail::time_until(static_cast<const detail::deadline_node<Clock>*>(n_->dl)->when, Clock::now());
   }
 
   /// A `std::stop_token` on which stop is requested when this context is
@@ -192,7 +191,9 @@ template <class Clock = std::chrono::steady_clock>
 /// threads, changes nothing: the first cancel wins. When a call returns, the
 /// context and all its descendants are done. A moved-from or
 /// default-constructed handle does nothing. The handle keeps the context's
-/// state alive, so it may be called after every copy of the context is gone.
+/// state alive, so it may be called after every copy of the context is gone;
+/// a callback that a call runs may destroy the handle itself, its
+/// registration and every context (the call holds what it still needs).
 class cancel_handle {
  public:
   cancel_handle() noexcept = default;
@@ -232,7 +233,7 @@ class cancel_handle {
 };
 
 /// What every cancelable derivation returns: `auto [c, cancel] = ctx::with_cancel(parent);`
-template <class Clock>
+template <class Clock = std::chrono::steady_clock>
 struct derived {
   basic_context<Clock> context;
   cancel_handle cancel;
@@ -282,8 +283,8 @@ class registration {
 /// Keep the returned registration: destroying it deregisters `f`.
 /// Throws std::bad_alloc (f is then not registered).
 template <class Clock, class F>
-  requires std::invocable<std::decay_t<F>&>
-[[nodiscard]] registration after_func(const basic_context<Clock>& c, F&& f);
+requires std::invocable < std::decay_t<F>
+& > [[nodiscard]] registration after_func(const basic_context<Clock>& c, F&& f);
 
 // ---------------------------------------------------------------------------
 // Implementation.
@@ -308,54 +309,12 @@ struct access {
   }
 };
 
-/// `now + t`, rounded up to the clock's tick and saturated at time_point::max().
-template <class TimePoint, class Rep, class Period>
-[[nodiscard]] TimePoint saturating_add(TimePoint now, std::chrono::duration<Rep, Period> t) noexcept {
-  using D = typename TimePoint::duration;
-  using wide = std::chrono::duration<long double>;
-  if (!(t > t.zero())) return now;
-  const D headroom = TimePoint::max() - now;
-  // Signed integers, and `t`'s period a whole multiple of D's (2s, 1h, 5ms
-  // into nanoseconds): exact integer arithmetic, no long double (which costs
-  // more than the rest of with_timeout's arithmetic).
-  using R = std::ratio_divide<Period, typename D::period>;
-  if constexpr (std::is_integral_v<Rep> && std::is_signed_v<Rep> && std::is_integral_v<typename D::rep> &&
-                std::is_signed_v<typename D::rep> && sizeof(Rep) <= sizeof(std::intmax_t) && R::den == 1) {
-    // t * num > headroom exactly when t > floor(headroom / num); else t * num fits.
-    if (static_cast<std::intmax_t>(t.count()) > static_cast<std::intmax_t>(headroom.count()) / R::num)
-      return TimePoint::max();
-    const D dt(static_cast<typename D::rep>(static_cast<std::intmax_t>(t.count()) * R::num));
-    return dt >= headroom ? TimePoint::max() : now + dt;
-  }
-  if (wide(t) >= wide(headroom)) return TimePoint::max();
-  D dt;
-  if constexpr (std::chrono::treat_as_floating_point_v<Rep> || std::chrono::treat_as_floating_point_v<typename D::rep>)
-    dt = std::chrono::duration_cast<D>(t);
-  else
-    dt = std::chrono::ceil<D>(t);
-  return dt >= headroom ? TimePoint::max() : now + dt;
-}
-
-/// `d` in the clock's own time_point type, rounded up, saturated at both ends.
-template <class TimePoint, class Clock, class D2>
-[[nodiscard]] TimePoint saturating_cast(std::chrono::time_point<Clock, D2> d) noexcept {
-  using D = typename TimePoint::duration;
-  using wide = std::chrono::duration<long double>;
-  if constexpr (std::is_same_v<D2, D>) return d;  // the clock's own time_point: nothing to convert
-  if (wide(d.time_since_epoch()) >= wide(TimePoint::max().time_since_epoch())) return TimePoint::max();
-  if (wide(d.time_since_epoch()) <= wide(TimePoint::min().time_since_epoch())) return TimePoint::min();
-  if constexpr (std::chrono::treat_as_floating_point_v<typename D2::rep> ||
-                std::chrono::treat_as_floating_point_v<typename D::rep>)
-    return std::chrono::time_point_cast<D>(d);
-  else
-    return std::chrono::ceil<D>(d);
-}
-
 /// `now`, when given, is a clock reading taken just before `when` was
 /// computed (with_timeout's), so the born-done check needs no second read.
 template <class Clock>
 derived<Clock> derive_deadline(const basic_context<Clock>& parent, typename Clock::time_point when,
-                               const std::error_code& cause, const typename Clock::time_point* now = nullptr) {
+                               const std::error_code& cause,
+                               const typename Clock::time_point* now = nullptr) {
   node* p = access::of(parent);
   if (p->dl && static_cast<const deadline_node<Clock>*>(p->dl)->when <= when) {
     auto* n = new plain_cancel_node(node_kind::inherited_deadline, p, p->dl);
@@ -372,9 +331,18 @@ derived<Clock> derive_deadline(const basic_context<Clock>& parent, typename Cloc
   if (when <= (now ? *now : Clock::now())) {
     cancel(n, errc::deadline_exceeded, nullptr);
   } else if (when != Clock::time_point::max()) {
-    tiny_lock lock(n->mtx);
-    if (!(n->state.load(std::memory_order_relaxed) & st_done))
-      timer_service<Clock>::instance().schedule(n);  // on throw, `result` cancels and frees n
+    {
+      tiny_lock lock(n->mtx);
+      if (!(n->state.load(std::memory_order_relaxed) & st_done))
+        timer_service<Clock>::instance().schedule(n);  // on throw, `result` cancels and frees n
+    }
+    // A manual clock moved past `when` by another thread between the reading
+    // above and the insertion found no timer to fire. Either that move's
+    // search of the heap came after the insertion (both hold the service's
+    // mutex) and fires it, or the move's new time is visible here: then the
+    // timer is overdue and fires now, at insertion.
+    if constexpr (manual_timers<Clock>)
+      if (when <= Clock::now()) cancel(n, errc::deadline_exceeded, nullptr);
   }
   return result;
 }
@@ -415,23 +383,44 @@ template <class Clock>
 /// or equal, no timer is made and `cause` is unused. A deadline now or in the
 /// past makes the child born done with `deadline_exceeded`. `cause` becomes
 /// cause() only if this deadline is what ends the context. `d` may have any
-/// duration type; it is rounded up to the clock's tick and saturates at
-/// `time_point::max()` (which never fires). Throws std::bad_alloc, or
+/// duration type, integral or floating-point; it is rounded up to the
+/// clock's tick (a deadline never fires early) and saturates at
+/// `time_point::min()` and `time_point::max()` (which never fires); a NaN
+/// deadline is already passed. `d` must be a time point of the context's own
+/// clock (see the overload below). Throws std::bad_alloc, or
 /// std::system_error if the timer thread cannot be started.
 template <class Clock, class Duration>
 [[nodiscard]] derived<Clock> with_deadline(const basic_context<Clock>& parent,
                                            std::chrono::time_point<Clock, Duration> d,
                                            std::error_code cause = {}) {
-  return detail::derive_deadline(parent, detail::saturating_cast<typename Clock::time_point>(d), cause);
+  return detail::derive_deadline(parent, detail::ceil_time_point<typename Clock::time_point>(d), cause);
 }
 
-/// `with_deadline(parent, Clock::now() + t, cause)`, saturating: `t <= 0` is
-/// already expired, and `duration::max()` of any type never overflows.
+/// Rejected at compile time: a deadline on another clock than the context's.
+/// Clocks need not tick together (system_clock jumps, steady_clock does not),
+/// so ctx does not convert silently; the static_assert says how to do it.
+template <class Clock, class OtherClock, class Duration>
+requires(!std::same_as<Clock, OtherClock>) derived<Clock> with_deadline(
+    const basic_context<Clock>&, std::chrono::time_point<OtherClock, Duration>, std::error_code = {}) {
+  static_assert(std::same_as<Clock, OtherClock>,
+                "ctx::with_deadline: the deadline is a time point of another clock than the context's. "
+                "Convert it to the context's clock first (for a duration from now: "
+                "ctx::with_timeout(c, d - OtherClock::now()); between system_clock and utc/file clocks: "
+                "std::chrono::clock_cast), or derive from a context of that clock "
+                "(ctx::background<OtherClock>()).");
+  return {};
+}
+
+/// `with_deadline(parent, Clock::now() + t, cause)`, saturating: `t <= 0`
+/// (and NaN) is already expired, `t` is rounded up to the clock's tick (so a
+/// floating-point `1.5ns` waits 2 ns, and a positive `t` never expires at
+/// once), and `duration::max()` or +infinity of any type never overflows:
+/// it never fires.
 template <class Clock, class Rep, class Period>
-[[nodiscard]] derived<Clock> with_timeout(const basic_context<Clock>& parent, std::chrono::duration<Rep, Period> t,
-                                          std::error_code cause = {}) {
+[[nodiscard]] derived<Clock> with_timeout(const basic_context<Clock>& parent,
+                                          std::chrono::duration<Rep, Period> t, std::error_code cause = {}) {
   const typename Clock::time_point now = Clock::now();
-  return detail::derive_deadline(parent, detail::saturating_add(now, t), cause, &now);
+  return detail::derive_deadline(parent, detail::deadline_after(now, t), cause, &now);
 }
 
 /// A child that is also done (with `errc::canceled`) when stop is requested
@@ -443,15 +432,17 @@ template <class Clock>
   auto* n = new detail::stop_token_node(p);
   detail::acquire(p);
   auto result = detail::access::make_derived<Clock>(n);
-  if (detail::link_to_parent(n) && token.stop_possible()) n->reg.emplace(std::move(token), detail::stop_token_node::on_stop{n});
+  if (detail::link_to_parent(n) && token.stop_possible())
+    n->reg.emplace(std::move(token), detail::stop_token_node::on_stop{n});
   return result;
 }
 
 /// A child that carries `value` under `k`, and everything else of `parent`.
 /// Lookups find the nearest value for a key. Throws what T's constructor throws, or std::bad_alloc.
 template <class Clock, class T, class U>
-  requires std::constructible_from<T, U&&>
-[[nodiscard]] basic_context<Clock> with_value(const basic_context<Clock>& parent, const key<T>& k, U&& value) {
+requires std::constructible_from<T, U&&>
+[[nodiscard]] basic_context<Clock> with_value(const basic_context<Clock>& parent, const key<T>& k,
+                                              U&& value) {
   detail::node* p = detail::access::of(parent);
   auto* n = new detail::value_node<T>(p, &k, k.name(), static_cast<U&&>(value));
   detail::acquire(p);
@@ -470,8 +461,8 @@ template <class Clock>
 }
 
 template <class Clock, class F>
-  requires std::invocable<std::decay_t<F>&>
-registration after_func(const basic_context<Clock>& c, F&& f) {
+requires std::invocable < std::decay_t<F>
+& > registration after_func(const basic_context<Clock>& c, F&& f) {
   auto* rec = new detail::callback_impl<std::decay_t<F>>(static_cast<F&&>(f));
   registration reg = detail::access::make_registration(rec);
   detail::cancel_node* owner = detail::access::of(c)->canc;
@@ -502,8 +493,10 @@ inline bool registration::stop() noexcept {
   }
   detail::tiny_lock lock(rec_->owner->mtx);
   if (rec_->st.load(std::memory_order_relaxed) != callback_rec::linked) return false;
-  if (rec_->prev) rec_->prev->next = rec_->next;
-  else rec_->owner->first_cb = rec_->next;
+  if (rec_->prev)
+    rec_->prev->next = rec_->next;
+  else
+    rec_->owner->first_cb = rec_->next;
   if (rec_->next) rec_->next->prev = rec_->prev;
   rec_->prev = rec_->next = nullptr;
   rec_->st.store(callback_rec::removed, std::memory_order_relaxed);
@@ -520,15 +513,20 @@ inline void registration::reset() noexcept {
       detail::tiny_lock lock(owner->mtx);
       switch (rec->st.load(std::memory_order_relaxed)) {
         case callback_rec::linked:
-          if (rec->prev) rec->prev->next = rec->next;
-          else owner->first_cb = rec->next;
+          if (rec->prev)
+            rec->prev->next = rec->next;
+          else
+            owner->first_cb = rec->next;
           if (rec->next) rec->next->prev = rec->prev;
           break;
         case callback_rec::running:
-          if (rec->runner == std::this_thread::get_id()) *rec->destroyed = true;  // inside f: do not wait
-          else wait = true;
+          if (rec->runner == std::this_thread::get_id())
+            *rec->destroyed = true;  // inside f: do not wait
+          else
+            wait = true;
           break;
-        default: break;
+        default:
+          break;
       }
     }
     if (wait) {

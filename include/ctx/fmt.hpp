@@ -72,7 +72,8 @@ Out format_chain(const node* leaf, Out out) {
         if (when == Clock::time_point::max()) {
           out = fmt::format_to(out, "with_deadline(never)");
         } else {
-          const auto left = std::chrono::duration<double>(when - Clock::now()).count();
+          // Saturated: a time_point::min() deadline is as far in the past as the duration reaches.
+          const auto left = std::chrono::duration<double>(saturating_sub(when, Clock::now())).count();
           out = fmt::format_to(out, "with_deadline({:+.3f}s)", left);
         }
         break;

@@ -28,6 +28,7 @@
 #include <system_error>
 
 #include "context.hpp"
+#include "detail/time_arith.hpp"
 #include "detail/wake_fd.hpp"
 
 namespace ctx::process {
@@ -117,9 +118,10 @@ struct unique_fd {
 /// Blocks in poll() on `fd` for up to `timeout`, retrying EINTR. True when `fd` is readable.
 inline bool poll_in_for(int fd, std::chrono::steady_clock::duration timeout) noexcept {
   using namespace std::chrono;
-  const auto until = steady_clock::now() + timeout;
+  const auto until =
+      ctx::detail::deadline_after(steady_clock::now(), timeout);  // saturating: grace may be max()
   for (;;) {
-    const auto left = until - steady_clock::now();
+    const auto left = ctx::detail::time_until(until, steady_clock::now());
     const int ms = left <= left.zero()
                        ? 0
                        : static_cast<int>(std::min<long long>(ceil<milliseconds>(left).count(), 1 << 30));

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <chrono>
+#include <concepts>
 #include <system_error>
 
 #include "context.hpp"
@@ -35,6 +36,19 @@ namespace ctx {
 template <class Clock, class Duration>
 [[nodiscard]] std::error_code sleep_until(const basic_context<Clock>& c,
                                           std::chrono::time_point<Clock, Duration> t);
+
+/// Rejected at compile time: a time point of another clock than the context's
+/// (as for with_deadline; the static_assert says how to convert it).
+template <class Clock, class OtherClock, class Duration>
+requires(!std::same_as<Clock, OtherClock>) std::error_code
+    sleep_until(const basic_context<Clock>&, std::chrono::time_point<OtherClock, Duration>) {
+  static_assert(std::same_as<Clock, OtherClock>,
+                "ctx::sleep_until: the time point is of another clock than the context's. Convert it to "
+                "the context's clock first (for a duration from now: "
+                "ctx::sleep_for(c, t - OtherClock::now())), or sleep on a context of that clock "
+                "(ctx::background<OtherClock>()).");
+  return {};
+}
 
 /// Blocks for `d`, or until `c` is done: `sleep_until(c, Clock::now() + d)`.
 ///

@@ -5,13 +5,19 @@
 // are serialised with each other; the timers they make due fire on the
 // calling thread, in deadline order, before the call returns, so everything
 // those cancellations did (done(), callbacks, stop requests) happens-before
-// the return.
+// the return. A deadline derived on another thread while the clock moves
+// past it is never left pending: either the move fires it, or the
+// derivation finds it overdue and fires it at once, on the deriving thread.
+// A callback fired by advance() or set() may itself call advance() or set()
+// on the same thread (it is not a deadlock): the inner call fires what its
+// new time makes due before it returns. A move holds its lock while the
+// callbacks it fires run, so a callback must not wait for a move on another
+// thread.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <mutex>
 #include <stdexcept>
 
 #include "context.hpp"
@@ -32,36 +38,39 @@ struct manual_clock {
   static constexpr bool is_steady = true;
 
   /// The current manual time.
-  [[nodiscard]] static time_point now() noexcept { return time_point(duration(ticks().load(std::memory_order_acquire))); }
+  [[nodiscard]] static time_point now() noexcept {
+    return time_point(duration(ticks().load(std::memory_order_acquire)));
+  }
 
   /// Moves the clock forward by `d` and fires every timer now due, on this
-  /// thread, before returning. Throws std::invalid_argument if `d` is negative.
+  /// thread, before returning. Saturates at time_point::max(). Throws
+  /// std::invalid_argument if `d` is negative (the clock is then unchanged).
+  /// May be called from a callback that advance() or set() fired.
   static void advance(duration d) {
-    if (d < duration::zero()) throw std::invalid_argument("ctx::testing::manual_clock::advance: negative duration");
-    std::lock_guard lock(mutex());
-    const time_point t = now() + d;
-    ticks().store(t.time_since_epoch().count(), std::memory_order_release);
-    detail::timer_service<manual_clock>::instance().fire_due(t);
+    if (d < duration::zero())
+      throw std::invalid_argument("ctx::testing::manual_clock::advance: negative duration");
+    detail::timer_service<manual_clock>::instance().advance([d] {
+      const time_point t = detail::deadline_after(now(), d);
+      ticks().store(t.time_since_epoch().count(), std::memory_order_release);
+      return t;
+    });
   }
 
   /// Sets the clock to `t` and fires every timer now due, as advance() does.
   /// Precondition t >= now(); throws std::invalid_argument otherwise (a
   /// steady clock never goes back).
   static void set(time_point t) {
-    std::lock_guard lock(mutex());
-    if (t < now()) throw std::invalid_argument("ctx::testing::manual_clock::set: time would go backwards");
-    ticks().store(t.time_since_epoch().count(), std::memory_order_release);
-    detail::timer_service<manual_clock>::instance().fire_due(t);
+    detail::timer_service<manual_clock>::instance().advance([t] {
+      if (t < now()) throw std::invalid_argument("ctx::testing::manual_clock::set: time would go backwards");
+      ticks().store(t.time_since_epoch().count(), std::memory_order_release);
+      return t;
+    });
   }
 
  private:
   static std::atomic<rep>& ticks() noexcept {
     static constinit std::atomic<rep> t{0};
     return t;
-  }
-  static std::mutex& mutex() noexcept {
-    static std::mutex m;
-    return m;
   }
 };
 

@@ -6,6 +6,19 @@
 // after every step every observable (done, err, cause, deadline, remaining,
 // values, stop tokens, callback counts, pending timers) must agree.
 //
+// with_stop_token listens either to a plain stop source or to another
+// context's stop token. A callback may drop a context, a cancel handle (which
+// cancels it: possibly the very handle whose call is running the callback),
+// its own registration, or another registration of the same context: so a
+// callback can destroy every reference to the context it runs for while the
+// cancel still runs (issue 9, bug 1's class).
+//
+// Order: the model fires a context's stop-token listeners first, then its
+// after_func callbacks newest first, as the library does (the order of
+// callbacks on one context is unspecified to users; the fuzzer pins the
+// library's). Callbacks never cancel with a cause, so the order in which one
+// cancel fires different contexts changes nothing observable.
+//
 // Built two ways: with clang's -fsanitize=fuzzer as a libFuzzer target
 // (tests/fuzz/run.sh), or with any compiler as a replay driver that runs the
 // committed corpus (fuzz_replay.cpp; a ctest test).
@@ -86,7 +99,8 @@ struct mnode {
   std::optional<time_point> deadline;  // effective
   std::optional<time_point> timer;     // own pending timer
   std::error_code deadline_cause;      // for kind::deadline
-  int source = -1;                     // for kind::stop_token
+  int source = -1;                     // for kind::stop_token: a stop source, or
+  int listen = -1;                     // the cancelable node whose stop token it listens to
   const void* key = nullptr;           // for kind::value
   int ivalue = 0;
   std::string svalue;
@@ -101,6 +115,8 @@ struct mreg {
   int runs = 0;
   bool self_drop = false;  // the callback destroys its own registration
   int drop_ctx = -1;       // the callback drops this context slot
+  int drop_handle = -1;    // the callback drops this handle slot (which cancels)
+  int drop_reg = -1;       // the callback drops this registration (of the same context)
 };
 
 struct model {
@@ -108,6 +124,7 @@ struct model {
   std::vector<mreg> regs;
   std::vector<bool> source_stopped = std::vector<bool>(n_sources, false);
   std::vector<int> ctx_slot_node;  // model node of each context slot, -1 if dropped
+  std::vector<int> handle_node;    // model node of each handle slot, -1 if dropped
 
   model() { nodes.push_back({}); }
 
@@ -157,14 +174,37 @@ struct model {
       if (at(g).parent == c) mark_below(g, e, raw, marked);
   }
   CTX_FUZZ_NO_COVERAGE void fire(int n) {
-    for (std::size_t i = 0; i < regs.size(); ++i) {
-      mreg& r = regs[i];
-      if (r.owner != n || r.st != rstate::linked) continue;
-      r.st = rstate::fired;
-      ++r.runs;
-      if (r.self_drop) r.held = false;
-      if (r.drop_ctx >= 0) ctx_slot_node[static_cast<std::size_t>(r.drop_ctx)] = -1;
+    // The stop request first: contexts listening to n's stop token.
+    for (int l = 0; l < static_cast<int>(nodes.size()); ++l)
+      if (at(l).k == kind::stop_token && at(l).listen == n) cancel(l, ctx::errc::canceled, {});
+    // Then the after_func callbacks, newest first; one may drop another.
+    for (std::size_t i = regs.size(); i-- > 0;) {
+      if (regs[i].owner != n || regs[i].st != rstate::linked) continue;
+      regs[i].st = rstate::fired;
+      run_callback(i);
     }
+  }
+  /// What registration i's callback does, in the order the harness's does it.
+  CTX_FUZZ_NO_COVERAGE void run_callback(std::size_t i) {
+    mreg& r = regs[i];
+    ++r.runs;
+    const int drop_ctx = r.drop_ctx, drop_handle = r.drop_handle, drop_reg = r.drop_reg;
+    if (drop_ctx >= 0) ctx_slot_node[static_cast<std::size_t>(drop_ctx)] = -1;
+    if (drop_handle >= 0) drop_handle_slot(static_cast<std::size_t>(drop_handle));
+    if (drop_reg >= 0) drop_registration(static_cast<std::size_t>(drop_reg));
+    if (regs[i].self_drop) regs[i].held = false;
+  }
+  CTX_FUZZ_NO_COVERAGE void drop_handle_slot(std::size_t h) {
+    const int n = handle_node[h];
+    if (n < 0) return;  // dropped already
+    handle_node[h] = -1;
+    cancel(n, ctx::errc::canceled, {});
+  }
+  CTX_FUZZ_NO_COVERAGE void drop_registration(std::size_t i) {
+    mreg& r = regs[i];
+    if (!r.held) return;
+    r.held = false;
+    if (r.st == rstate::linked) r.st = rstate::stopped;
   }
   CTX_FUZZ_NO_COVERAGE void stop_source(int s) {
     if (source_stopped[static_cast<std::size_t>(s)]) return;
@@ -235,14 +275,17 @@ struct model {
       at(n).timer = when;
     return n;
   }
-  CTX_FUZZ_NO_COVERAGE int derive_stop_token(int p, int source) {
+  CTX_FUZZ_NO_COVERAGE int derive_stop_token(int p, int source, int listen) {
     mnode x;
     x.k = kind::stop_token;
     x.parent = p;
     x.deadline = at(p).deadline;
     x.source = source;
+    x.listen = listen;
     const int n = add(std::move(x));
-    if (!born_done(n) && source_stopped[static_cast<std::size_t>(source)]) cancel(n, ctx::errc::canceled, {});
+    if (born_done(n)) return n;
+    if (source >= 0 && source_stopped[static_cast<std::size_t>(source)]) cancel(n, ctx::errc::canceled, {});
+    if (listen >= 0 && at(listen).done) cancel(n, ctx::errc::canceled, {});
     return n;
   }
   CTX_FUZZ_NO_COVERAGE int derive_value(int p, const void* key, int iv, std::string sv) {
@@ -286,10 +329,6 @@ struct model {
 
 // --- the real side ------------------------------------------------------------
 
-struct handle_slot {
-  ctx::cancel_handle h;
-  int node;
-};
 struct token_slot {
   std::stop_token t;
   int node;  // model node the token was asked of
@@ -303,7 +342,8 @@ struct token_slot {
 struct harness {
   model m;
   std::vector<std::optional<mctx>> contexts;  // slot i is model node m.ctx_slot_node[i]
-  std::vector<handle_slot> handles;
+  std::vector<std::unique_ptr<ctx::cancel_handle>>
+      handles;  // slot i is model node m.handle_node[i]; null once dropped
   std::vector<std::unique_ptr<ctx::registration>> regs;  // null once dropped
   std::deque<int> runs;                                  // per registration, outlives it
   std::vector<token_slot> tokens;
@@ -327,7 +367,23 @@ struct harness {
   }
   void add_derived(ctx::derived<manual> d, int node) {
     add_context(std::move(d.context), node);
-    handles.push_back({std::move(d.cancel), node});
+    handles.push_back(std::make_unique<ctx::cancel_handle>(std::move(d.cancel)));
+    m.handle_node.push_back(node);
+  }
+  /// A few nanoseconds, different for every node: the clock only moves in
+  /// steps of 250 us and timeouts are whole 500 us or ms, so with this no
+  /// two pending timers share a deadline. Timers with equal deadlines fire in
+  /// no specified order, and the order can matter (a stop-token listener
+  /// cancelled by one, or its parent's deadline by the other, records
+  /// different errors); the model fires in deadline order.
+  [[nodiscard]] duration unique_offset() const {
+    return duration(static_cast<duration::rep>(m.nodes.size()));
+  }
+  [[nodiscard]] std::vector<std::size_t> live_handles() const {
+    std::vector<std::size_t> v;
+    for (std::size_t i = 0; i < handles.size(); ++i)
+      if (handles[i]) v.push_back(i);
+    return v;
   }
 
   void run_op(reader& in) {
@@ -347,7 +403,8 @@ struct harness {
         const int p = m.ctx_slot_node[s];
         const std::uint8_t b = in.byte();
         const std::error_code cause = causes[(b >> 5) & 3];
-        const auto t = std::chrono::milliseconds(static_cast<int>(b & 31) - 4);
+        duration t = std::chrono::milliseconds(static_cast<int>(b & 31) - 4);
+        if (t > t.zero()) t += unique_offset();
         const time_point when = t > t.zero() ? now + t : now;  // a timeout <= 0 saturates to now
         const int expect = m.derive_deadline(p, when, cause, now);
         add_derived(cause || (b & 0x80) ? ctx::with_timeout(*contexts[s], t, cause)
@@ -369,20 +426,27 @@ struct harness {
             when = time_point::min();
             break;
           default:
-            when = now + std::chrono::microseconds(500) * (static_cast<int>(b & 63) - 8);
+            when = now + std::chrono::microseconds(500) * (static_cast<int>(b & 63) - 8) + unique_offset();
             break;
         }
         const int expect = m.derive_deadline(p, when, cause, now);
         add_derived(ctx::with_deadline(*contexts[s], when, cause), expect);
         break;
       }
-      case 3: {  // with_stop_token on one of the harness's stop sources
+      case 3: {  // with_stop_token on one of the harness's stop sources, or on another context's token
         const std::size_t s = live[in.index(live.size())];
         const int p = m.ctx_slot_node[s];
-        const int src = static_cast<int>(in.index(n_sources));
-        const int expect = m.derive_stop_token(p, src);
-        add_derived(ctx::with_stop_token(*contexts[s], sources[static_cast<std::size_t>(src)].get_token()),
-                    expect);
+        const std::size_t pick = in.index(n_sources + 1);
+        if (pick < n_sources) {
+          const int src = static_cast<int>(pick);
+          const int expect = m.derive_stop_token(p, src, -1);
+          add_derived(ctx::with_stop_token(*contexts[s], sources[static_cast<std::size_t>(src)].get_token()),
+                      expect);
+        } else {
+          const std::size_t t = live[in.index(live.size())];
+          const int expect = m.derive_stop_token(p, -1, m.up(m.ctx_slot_node[t]));
+          add_derived(ctx::with_stop_token(*contexts[s], contexts[t]->stop_token()), expect);
+        }
         break;
       }
       case 4: {  // with_value
@@ -413,15 +477,17 @@ struct harness {
         add_context(ctx::without_cancel(*contexts[s]), m.derive_detach(p));
         break;
       }
-      case 6: {  // cancel a handle, with or without a cause
-        if (handles.empty()) break;
-        handle_slot& h = handles[in.index(handles.size())];
+      case 6: {  // cancel a handle, with or without a cause (its callbacks may destroy the handle)
+        const std::vector<std::size_t> hs = live_handles();
+        if (hs.empty()) break;
+        const std::size_t i = hs[in.index(hs.size())];
         const std::error_code cause = causes[in.index(4)];
-        m.cancel(h.node, ctx::errc::canceled, cause);
+        m.cancel(m.handle_node[i], ctx::errc::canceled, cause);
+        const ctx::cancel_handle& h = *handles[i];
         if (cause)
-          h.h(cause);
+          h(cause);
         else
-          h.h();
+          h();
         break;
       }
       case 7: {  // drop a context (never the root slot 0: it is background and keeps `live` non-empty)
@@ -432,39 +498,68 @@ struct harness {
         break;
       }
       case 8: {  // drop a handle: cancels
-        if (handles.empty()) break;
-        const std::size_t i = in.index(handles.size());
-        m.cancel(handles[i].node, ctx::errc::canceled, {});
-        handles.erase(handles.begin() + static_cast<std::ptrdiff_t>(i));
+        const std::vector<std::size_t> hs = live_handles();
+        if (hs.empty()) break;
+        const std::size_t i = hs[in.index(hs.size())];
+        m.drop_handle_slot(i);
+        handles[i].reset();
         break;
       }
-      case 9: {  // after_func; the callback may drop its registration or a context
+      case 9: {  // after_func; the callback may drop its registration, a context, a handle, another
+                 // registration
         const std::size_t s = live[in.index(live.size())];
         const std::uint8_t b = in.byte();
+        const std::uint8_t b2 = in.byte();
         const int node = m.ctx_slot_node[s];
         const std::size_t idx = regs.size();
         mreg r;
         r.owner = m.up(node);
         r.self_drop = (b & 3) == 1;
         r.drop_ctx = (b & 3) == 2 && s != 0 ? static_cast<int>(s) : -1;
-        if (r.owner < 0)
-          r.st = rstate::never;
-        else if (m.at(r.owner).done) {
-          r.st = rstate::fired;  // runs at once; a self-drop finds nothing to drop yet
-          r.runs = 1;
-        } else
-          r.st = rstate::linked;
-        if (r.st == rstate::fired && r.drop_ctx >= 0) m.ctx_slot_node[s] = -1;
+        // A handle: that of the context the callback runs for (the last
+        // references: bug 1's shape), or any handle.
+        if ((b2 & 3) == 1) {
+          for (std::size_t h = m.handle_node.size(); h-- > 0;)
+            if (m.handle_node[h] >= 0 && m.handle_node[h] == r.owner) {
+              r.drop_handle = static_cast<int>(h);
+              break;
+            }
+        } else if ((b2 & 3) == 2 && !handles.empty()) {
+          r.drop_handle = static_cast<int>((b2 >> 3) % handles.size());
+        }
+        // Another registration of the same context, held.
+        if (b2 & 4) {
+          std::vector<std::size_t> same;
+          for (std::size_t j = 0; j < m.regs.size(); ++j)
+            if (m.regs[j].owner == r.owner && r.owner >= 0 && m.regs[j].held) same.push_back(j);
+          if (!same.empty()) r.drop_reg = static_cast<int>(same[(b2 >> 3) % same.size()]);
+        }
+        const bool runs_now = r.owner >= 0 && m.at(r.owner).done;
+        r.st = r.owner < 0 ? rstate::never : runs_now ? rstate::fired : rstate::linked;
         m.regs.push_back(r);
         runs.push_back(0);
         regs.push_back(nullptr);
+        if (runs_now) {
+          // Runs at once, inside after_func: a self-drop finds nothing to drop yet.
+          m.regs[idx].self_drop = false;
+          m.run_callback(idx);
+          m.regs[idx].self_drop = r.self_drop;
+        }
         int* counter = &runs.back();
-        const bool self_drop = r.self_drop;
-        const int drop_ctx = r.drop_ctx;
-        auto f = [this, counter, idx, self_drop, drop_ctx] {
-          ++*counter;
-          if (drop_ctx >= 0) contexts[static_cast<std::size_t>(drop_ctx)].reset();
-          if (self_drop) regs[idx].reset();  // destroys this lambda: touch no capture after it
+        auto f = [this, counter, idx, self_drop = r.self_drop, drop_ctx = r.drop_ctx,
+                  drop_handle = r.drop_handle, drop_reg = r.drop_reg] {
+          // Copies first: dropping the registration destroys this lambda.
+          harness* const self = this;
+          int* const count = counter;
+          const std::size_t me = idx;
+          const bool drop_me = self_drop;
+          const int ctx_slot = drop_ctx, handle_slot = drop_handle, reg_slot = drop_reg;
+          ++*count;
+          if (ctx_slot >= 0) self->contexts[static_cast<std::size_t>(ctx_slot)].reset();
+          if (handle_slot >= 0)
+            self->handles[static_cast<std::size_t>(handle_slot)].reset();  // cancels; may be the caller
+          if (reg_slot >= 0) self->regs[static_cast<std::size_t>(reg_slot)].reset();
+          if (drop_me) self->regs[me].reset();  // touch no capture after this
         };
         auto reg = ctx::after_func(*contexts[s], f);
         regs[idx] = std::make_unique<ctx::registration>(std::move(reg));
@@ -489,8 +584,7 @@ struct harness {
       case 11: {  // drop a registration
         if (regs.empty()) break;
         const std::size_t i = in.index(regs.size());
-        m.regs[i].held = false;
-        if (m.regs[i].st == rstate::linked) m.regs[i].st = rstate::stopped;
+        m.drop_registration(i);
         regs[i].reset();
         break;
       }
@@ -561,6 +655,9 @@ struct harness {
       if (t.t.stop_possible() != (u >= 0)) fail("stop_token().stop_possible()", step, t.node);
       if (t.t.stop_requested() != m.done(t.node)) fail("stop_token().stop_requested()", step, t.node);
     }
+    for (std::size_t i = 0; i < handles.size(); ++i)
+      if (static_cast<bool>(handles[i]) != (m.handle_node[i] >= 0))
+        fail("handle slot liveness", step, static_cast<long>(i));
     for (std::size_t i = 0; i < regs.size(); ++i) {
       if (runs[i] != m.regs[i].runs) fail("after_func run count", step, static_cast<long>(i));
       if (static_cast<bool>(regs[i]) != m.regs[i].held) fail("registration held", step, static_cast<long>(i));

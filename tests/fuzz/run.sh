@@ -6,7 +6,8 @@
 #   tests/fuzz/run.sh [--fuzzer NAME] --update-corpus N  fuzz N seconds, then minimise everything into the corpus
 #
 # NAME is `context` (default: the model-based fuzzer of <ctx/context.hpp>,
-# corpus tests/fuzz/corpus) or `propagation` (the decoders of
+# corpus tests/fuzz/corpus, also seeded with the inputs that once found a bug,
+# tests/fuzz/regressions) or `propagation` (the decoders of
 # <ctx/propagation.hpp>, corpus tests/fuzz/corpus_propagation).
 #
 # A mismatch with the model, a failed property, a sanitizer report or a leak
@@ -25,8 +26,8 @@ while [[ $# -gt 0 ]]; do
 done
 seconds="${1:-60}"
 case "$name" in
-  context) corpus=tests/fuzz/corpus max_len=256 extra=() ;;
-  propagation) corpus=tests/fuzz/corpus_propagation max_len=128 extra=(-dict="$PWD/tests/fuzz/propagation.dict") ;;
+  context) corpus=tests/fuzz/corpus seeds=(tests/fuzz/regressions) max_len=256 extra=() ;;
+  propagation) corpus=tests/fuzz/corpus_propagation seeds=() max_len=128 extra=(-dict="$PWD/tests/fuzz/propagation.dict") ;;
   *) echo "fuzz: unknown fuzzer '$name' (context, propagation)" >&2; exit 2 ;;
 esac
 
@@ -37,6 +38,7 @@ fuzzer="$PWD/build/asan/tests/fuzz/ctx_${name}_fuzzer"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cp "$corpus"/* "$work/"
+for dir in "${seeds[@]}"; do cp "$dir"/* "$work/"; done  # inputs that once found a bug
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:quarantine_size_mb=64" UBSAN_OPTIONS="print_stacktrace=1"
 cd build/asan
 # grep hides libFuzzer's chatter; the status is the fuzzer's. (Not `|| true`:

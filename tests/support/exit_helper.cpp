@@ -11,7 +11,6 @@
 #include <unistd.h>
 #include <chrono>
 
-#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -64,9 +63,7 @@ void start_blocked_waiters(const ctx::context& c, int n) {
 
 int main(int argc, char** argv) {
   if (argc != 2) {
-    std::fprintf(stderr,
-                 "usage: exit_helper "
-                 "return|exit|quick_exit|static_destructor|fork|fork_while_firing|throwing_callback\n");
+    std::fprintf(stderr, "usage: exit_helper return|exit|quick_exit|static_destructor|throwing_callback\n");
     return 2;
   }
   const char* mode = argv[1];
@@ -82,50 +79,6 @@ int main(int argc, char** argv) {
     int status = 0;
     if (pid < 0 || waitpid(pid, &status, 0) != pid) return 3;
     return WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT ? 0 : 1;
-  }
-
-  if (std::strcmp(mode, "fork") == 0) {
-    // Defined behaviour after fork(): the child's first new deadline restarts
-    // the timer thread, which also fires the deadlines inherited from the parent.
-    auto [inherited, ci] = ctx::with_timeout(ctx::background(), 30ms);
-    auto [parent_only, cp] = ctx::with_timeout(ctx::background(), 1h);
-    const pid_t pid = fork();
-    if (pid == 0) {
-      auto [own, co] = ctx::with_timeout(ctx::background(), 10ms);
-      own.wait();
-      inherited.wait();
-      const bool ok = own.err() == ctx::errc::deadline_exceeded &&
-                      inherited.err() == ctx::errc::deadline_exceeded && !parent_only.done();
-      _exit(ok ? 0 : 1);
-    }
-    int status = 0;
-    if (pid < 0 || waitpid(pid, &status, 0) != pid) return 3;
-    inherited.wait();  // the parent's timer thread is unaffected
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
-  }
-
-  if (std::strcmp(mode, "fork_while_firing") == 0) {
-    // fork() while the timer thread is inside a deadline's callbacks: the fork
-    // waits for that firing to finish, so the child sees every callback of the
-    // context run (or, had the fork come first, none), never a context half fired.
-    auto [c, cancel] = ctx::with_timeout(ctx::background(), 1ms);
-    std::atomic<int> runs{0};
-    std::atomic<bool> firing{false};
-    const auto slow_first = [&runs, &firing] {
-      if (runs.fetch_add(1) == 0) {
-        firing = true;
-        firing.notify_all();
-        std::this_thread::sleep_for(50ms);  // a slow callback: the fork lands inside it
-      }
-    };
-    auto r1 = ctx::after_func(c, slow_first);
-    auto r2 = ctx::after_func(c, slow_first);
-    firing.wait(false);
-    const pid_t pid = fork();
-    if (pid == 0) _exit(c.done() && runs.load() == 2 ? 0 : 1);
-    int status = 0;
-    if (pid < 0 || waitpid(pid, &status, 0) != pid) return 3;
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
   }
 
   static pending_work work;  // its static destructor runs while timers are pending

@@ -97,11 +97,20 @@ inline bool blocked_in_poll(int tid) {
   return nr == SYS_ppoll;
 }
 
+/// True if thread `tid` of this process is blocked in futex() right now (a
+/// mutex, a condition variable, std::atomic::wait).
+inline bool blocked_in_futex(int tid) {
+  std::ifstream f("/proc/self/task/" + std::to_string(tid) + "/syscall");
+  long nr = -1;
+  if (!(f >> nr)) return false;
+  return nr == SYS_futex;
+}
+
 /// Waits (up to 60 s) until thread `tid` is blocked in poll(): the point
 /// where a test knows a call really waits, not merely that it was started.
-inline bool wait_until_blocked(int tid) {
+inline bool wait_until_blocked(int tid, bool (*blocked)(int) = blocked_in_poll) {
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (!blocked_in_poll(tid)) {
+  while (!blocked(tid)) {
     if (std::chrono::steady_clock::now() > give_up) return false;
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }

@@ -52,18 +52,25 @@ struct node_ops {
 
 /// The part every node has.
 struct node {
-  constexpr node(node_kind k, const node_ops* o, node* p, cancel_node* c, const node* d,
-                 std::uint64_t keys, bool statically_allocated) noexcept
-      : ops(o), refs(1), kind(k), is_static(statically_allocated), parent(p), canc(c), dl(d), key_bloom(keys) {}
+  constexpr node(node_kind k, const node_ops* o, node* p, cancel_node* c, const node* d, std::uint64_t keys,
+                 bool statically_allocated) noexcept
+      : ops(o),
+        refs(1),
+        kind(k),
+        is_static(statically_allocated),
+        parent(p),
+        canc(c),
+        dl(d),
+        key_bloom(keys) {}
 
   const node_ops* ops;
   std::atomic<std::uint32_t> refs;
   node_kind kind;
   bool is_static;
-  node* parent;            // owns a reference; nullptr for roots
-  cancel_node* canc;       // nearest cancelable node, self included; nullptr if none
-  const node* dl;          // node that holds the effective deadline; nullptr if none
-  std::uint64_t key_bloom; // one bit per key of every value node on the chain
+  node* parent;             // owns a reference; nullptr for roots
+  cancel_node* canc;        // nearest cancelable node, self included; nullptr if none
+  const node* dl;           // node that holds the effective deadline; nullptr if none
+  std::uint64_t key_bloom;  // one bit per key of every value node on the chain
 };
 
 inline constexpr std::uint32_t st_done = 1;     // err and cause are final
@@ -94,6 +101,10 @@ inline constexpr std::uint32_t st_flags = st_waiters | st_busy;
   static const std::error_code none;
   return none;
 }
+/// Makes no_error()'s object before main(), so that no thread is ever inside
+/// its first initialisation when another calls fork(): the child would wait
+/// for that initialisation's guard for ever.
+inline const std::error_code& no_error_made_before_main = no_error();
 [[nodiscard]] inline std::error_code err_of_state(std::uint32_t s) noexcept {
   if (!(s & st_done)) return no_error();
   return make_error_code(static_cast<errc>((s & ~st_flags) >> st_err_shift));
@@ -109,16 +120,16 @@ struct cancel_node : node {
 
   std::atomic<std::uint32_t> state;  // st_* bits; 0 or st_busy at first (a timer or a stop callback)
   tiny_mutex mtx;
-  bool linked = false;                  // in up()'s child list; guarded by up()->mtx
-  bool has_hooks = false;               // a stop source or callbacks when marked; owned by the marking cancel
-  cancel_node* first_child = nullptr;   // guarded by mtx
-  cancel_node* prev_sib = nullptr;      // guarded by up()->mtx
+  bool linked = false;                 // in up()'s child list; guarded by up()->mtx
+  bool has_hooks = false;              // a stop source or callbacks when marked; owned by the marking cancel
+  cancel_node* first_child = nullptr;  // guarded by mtx
+  cancel_node* prev_sib = nullptr;     // guarded by up()->mtx
   // While linked: the next sibling, guarded by up()->mtx. Once a cancel has
   // taken the node out of its parent's list (mark_locked): that cancel's
   // worklist link, owned by that one cancel (saves a pointer per node).
   cancel_node* next_sib = nullptr;
-  callback_rec* first_cb = nullptr;     // guarded by mtx
-  std::error_code cause_ = no_error();  // written under mtx before st_done
+  callback_rec* first_cb = nullptr;         // guarded by mtx
+  std::error_code cause_ = no_error();      // written under mtx before st_done
   std::stop_source src_{std::nostopstate};  // created lazily; guarded by mtx
 };
 
@@ -132,8 +143,8 @@ struct callback_rec {
   void (*destroy)(callback_rec*) noexcept = nullptr;
   cancel_node* owner = nullptr;  // owns a reference; nullptr if the context is never done
   std::atomic<std::uint32_t> st{idle};
-  std::thread::id runner;        // guarded by owner->mtx
-  bool* destroyed = nullptr;     // set by the runner; used only on the runner's thread
+  std::thread::id runner;     // guarded by owner->mtx
+  bool* destroyed = nullptr;  // set by the runner; used only on the runner's thread
 };
 
 // ---------------------------------------------------------------------------
@@ -180,8 +191,10 @@ inline void unlink_from_parent(cancel_node* c) noexcept {
   if (!up) return;
   tiny_lock lock(up->mtx);
   if (!c->linked) return;
-  if (c->prev_sib) c->prev_sib->next_sib = c->next_sib;
-  else up->first_child = c->next_sib;
+  if (c->prev_sib)
+    c->prev_sib->next_sib = c->next_sib;
+  else
+    up->first_child = c->next_sib;
   if (c->next_sib) c->next_sib->prev_sib = c->prev_sib;
   c->prev_sib = c->next_sib = nullptr;
   c->linked = false;
@@ -265,8 +278,8 @@ inline void wait_settled(cancel_node* c) noexcept { wait_state(c, st_settled); }
 /// Precondition: n->mtx held, and `claimed` is what claim_locked(n) returned,
 /// without st_done (so no fast path can mark `n` meanwhile, nor can any other
 /// writer change the word: the plain store below is the only write).
-inline void mark_locked(cancel_node* n, std::uint32_t claimed, std::uint32_t done_bits, const std::error_code& cause,
-                        cancel_node*& work) noexcept {
+inline void mark_locked(cancel_node* n, std::uint32_t claimed, std::uint32_t done_bits,
+                        const std::error_code& cause, cancel_node*& work) noexcept {
   // Hooks added after this point see st_done and run themselves (stop_token()
   // makes a stopped source, after_func runs f at once): fire() need only look
   // at a node that had some now.
@@ -347,11 +360,32 @@ inline void fire_hooks(cancel_node* n) noexcept {
 /// Runs what a node triggers once done: its stop source, its timer's removal,
 /// its after_func callbacks. Called outside all locks; may run user code. A
 /// node with nothing of that (the common leaf) costs two loads here.
+/// Precondition: the caller holds a reference to `n` that no callback can
+/// drop (a reference of the cancel's own).
 inline void fire(cancel_node* n) noexcept {
   if (n->has_hooks) [[unlikely]]
     fire_hooks(n);
   else if (n->ops->on_cancel)
     n->ops->on_cancel(n);
+}
+
+/// fire() for the node a cancel was called on, whose caller's reference a
+/// callback may drop: a callback may destroy the handle whose call runs it,
+/// its own registration and the last context (the documentation allows each),
+/// and fire_hooks reads the node after every callback. So the cancel takes a
+/// reference of its own first, before any user code can run. Only a node with
+/// hooks pays for it (two atomic operations beside its mutex); the hot path,
+/// a cancel with nothing attached, pays nothing.
+/// Precondition: the caller holds a reference to `n`, and no user code ran
+/// since it was checked.
+inline void fire_called(cancel_node* n) noexcept {
+  if (n->has_hooks) [[unlikely]] {
+    acquire(n);
+    fire_hooks(n);
+    release(n);  // may destroy `n` (and its ancestors' values): nothing touches it afterwards
+  } else if (n->ops->on_cancel) {
+    n->ops->on_cancel(n);  // removes a timer: no user code
+  }
 }
 
 /// Cancels `root` and every descendant.
@@ -390,7 +424,7 @@ inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noex
   if (!work) {  // no child to mark (the common `cancel()` of a request's own context)
     settle(root);
     unlink_from_parent(root);
-    fire(root);
+    fire_called(root);
     return;
   }
 
@@ -430,7 +464,8 @@ inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noex
     }
     mark_locked(c, cs, bits, final_cause, work);
     c->mtx.unlock();
-    if (const std::uint32_t s = c->state.load(std::memory_order_relaxed); s & st_settled) {  // a leaf: settled when marked
+    if (const std::uint32_t s = c->state.load(std::memory_order_relaxed);
+        s & st_settled) {  // a leaf: settled when marked
       wake_state_waiters(c, s);
       if (!c->has_hooks && !c->ops->on_cancel) {
         drop_later(c);
@@ -446,8 +481,9 @@ inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noex
   // A cancelled child leaves its parent's list at once.
   unlink_from_parent(root);
 
-  // Phase 2: wake-ups and callbacks, then drop the references phase 1 took.
-  fire(root);
+  // Phase 2: wake-ups and callbacks, then drop the references phase 1 took
+  // (which keep every marked descendant alive through its own callbacks).
+  fire_called(root);
   while (marked) {
     cancel_node* m = marked;
     marked = m->next_sib;

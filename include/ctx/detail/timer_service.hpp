@@ -11,12 +11,18 @@
 // so a node is never scheduled after it was marked done; the cancel algorithm
 // removes the timer of every deadline node it marks (node_ops::on_cancel).
 //
-// fork(): the service's mutex is held across fork() (pthread_atfork), so the
-// child never inherits it locked, and fork() first waits for a timer the
-// timer thread is firing (its stop requests and callbacks) to finish, so the
-// child never inherits a context half fired. The child has no timer thread;
-// the next deadline scheduled in the child starts a new one, which then also
-// fires the deadlines inherited from the parent.
+// fork(): fork() never waits for the timer thread, nor for any callback
+// (which may itself wait for a lock the forking thread holds). The service's
+// own mutex, held only by the short library code that edits the heap (never
+// while user code runs), is taken across fork() by a pthread_atfork handler
+// so that the child inherits a consistent heap, which it then empties:
+// deadlines inherited from the parent never fire in the child. The child has
+// no timer thread; its first deadline starts one, which fires the child's own
+// deadlines only and so never touches a context the parent's threads may
+// have left locked or half cancelled at the fork. An inherited context can
+// still be cancelled in the child (its timer is simply gone). The service is
+// made before main() (see instance()), so a fork() can never find another
+// thread inside its construction.
 #pragma once
 
 #include <pthread.h>
@@ -28,9 +34,11 @@
 #include <mutex>
 #include <new>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "node.hpp"
+#include "time_arith.hpp"
 
 namespace ctx::testing {
 struct manual_clock;
@@ -77,9 +85,13 @@ class timer_service {
   using dnode = deadline_node<Clock>;
 
   /// The process-wide service. It is never destroyed, so timers still pending
-  /// at exit, and a timer thread still running then, stay safe.
+  /// at exit, and a timer thread still running then, stay safe. It is made
+  /// before main() (by `made_before_main_`), so no thread can be inside this
+  /// function-local static's initialisation when another one calls fork():
+  /// the child would wait for that initialisation for ever.
   [[nodiscard]] static timer_service& instance() {
     static timer_service* const s = new timer_service;  // intentionally immortal
+    static_cast<void>(&made_before_main_);              // odr-use: instantiates it
     return *s;
   }
 
@@ -115,8 +127,10 @@ class timer_service {
       heap_[i] = heap_[last];
       heap_[i].n->slot = i;
       heap_.pop_back();
-      if (i > 0 && heap_[i].when < heap_[(i - 1) / 2].when) sift_up(i);
-      else sift_down(i);
+      if (i > 0 && heap_[i].when < heap_[(i - 1) / 2].when)
+        sift_up(i);
+      else
+        sift_down(i);
     } else {
       heap_.pop_back();
     }
@@ -124,8 +138,29 @@ class timer_service {
     if (heap_.capacity() > 4096 && heap_.size() < heap_.capacity() / 8) heap_.shrink_to_fit();
   }
 
-  /// Fires every timer due at `now` on the calling thread (manual clocks).
-  void fire_due(time_point now) {
+  /// Moves a manual clock and fires, on the calling thread and in deadline
+  /// order, every timer due at the new time: `move()` stores the new time and
+  /// returns it. Serialised with every other move (so that a timer due when
+  /// one returns has fired), and re-entrant: a callback that a move fires
+  /// may move the clock again; the inner move fires what its new time makes
+  /// due before it returns, and the outer one then finds nothing left.
+  template <class Move>
+  void advance(Move&& move) {
+    static_assert(manual_timers<Clock>);
+    struct hold {
+      timer_service& s;
+      explicit hold(timer_service& service) : s(service) {
+        s.advance_mu_.lock();
+        if (s.advance_depth_++ == 0) s.advance_owner_ = std::this_thread::get_id();
+      }
+      ~hold() {
+        if (--s.advance_depth_ == 0) s.advance_owner_ = std::thread::id();
+        s.advance_mu_.unlock();
+      }
+      hold(const hold&) = delete;
+      hold& operator=(const hold&) = delete;
+    } lock(*this);
+    const time_point now = move();
     while (dnode* n = pop_due(now)) fire_one(n);
   }
 
@@ -135,31 +170,100 @@ class timer_service {
     return heap_.size();
   }
 
+  /// For tests: how many times the timer thread went to sleep, and until
+  /// when it went to sleep the last time (time_point::max(): for work).
+  struct sleep_record {
+    std::uint64_t count = 0;
+    time_point until = time_point::max();
+  };
+  [[nodiscard]] sleep_record last_sleep() {
+    std::lock_guard lock(mu_);
+    return slept_;
+  }
+
  private:
   struct entry {
     time_point when;
     dnode* n;
   };
 
-  timer_service() {
-    pthread_atfork(
-        [] {
-          timer_service& s = instance();
-          std::unique_lock lock(s.mu_);
-          // Not from a callback on the timer thread itself: it would wait for itself.
-          if (std::this_thread::get_id() != s.thread_id_) s.fired_.wait(lock, [&s] { return !s.firing_; });
-          lock.release();  // held across fork()
-        },
-        [] { instance().mu_.unlock(); },
-        [] {
-          timer_service& s = instance();
-          s.started_ = false;  // the thread did not survive the fork
-          s.firing_ = false;
-          // Waiters of the parent do not exist here: start from clean condition variables.
-          new (&s.cv_) std::condition_variable();
-          new (&s.fired_) std::condition_variable();
-          s.mu_.unlock();
-        });
+  timer_service() { ::pthread_atfork(&prepare_fork, &after_fork_in_parent, &after_fork_in_child); }
+
+  // fork(): see the file comment. prepare_fork waits only for a thread inside
+  // one of the service's short critical sections, which run no user code.
+  static void prepare_fork() noexcept { instance().mu_.lock(); }
+  static void after_fork_in_parent() noexcept { instance().mu_.unlock(); }
+  static void after_fork_in_child() noexcept {
+    timer_service& s = instance();
+    // Inherited deadlines never fire here: forget them. Their nodes are alive
+    // (a node leaves the heap before it can be freed), so their slots can be
+    // reset, and cancelling one in the child finds no timer to remove.
+    for (const entry& e : s.heap_) e.n->slot = dnode::no_slot;
+    s.heap_.clear();
+    s.wake_at_ = time_point::max();
+    s.started_ = false;  // the timer thread did not survive the fork
+    // Threads waiting on it in the parent do not exist here; a thread
+    // inside a move of a manual clock may have held the advance lock.
+    new (&s.cv_) std::condition_variable();
+    if constexpr (manual_timers<Clock>) {
+      // The advance lock gets a fresh mutex in every case: a recursive mutex
+      // records its owner's kernel thread id, which the forking thread does
+      // not keep in the child, so even its own unlock would fail there. If
+      // the forking thread was inside moves (a fork() from a callback that a
+      // move fired), it takes the fresh mutex as many times, so that its way
+      // out of those moves unlocks it. Any other state (another thread
+      // inside a move, or between its lock and its bookkeeping) leaves the
+      // fresh mutex unlocked.
+      const bool mine = s.advance_owner_ == std::this_thread::get_id();
+      const int depth = mine ? s.advance_depth_ : 0;
+      new (&s.advance_mu_) std::recursive_mutex();
+      for (int i = 0; i < depth; ++i) s.advance_mu_.lock();
+      s.advance_depth_ = depth;
+      if (!mine) s.advance_owner_ = std::thread::id();
+    }
+    s.mu_.unlock();
+  }
+
+  /// The standard library's clocks, whose now() is the library's own code.
+  static constexpr bool standard_clock =
+      std::is_same_v<Clock, std::chrono::steady_clock> || std::is_same_v<Clock, std::chrono::system_clock>;
+
+  /// Clock::now(), read by the timer thread. A user's clock's now() is user
+  /// code, which must not run while the service's mutex is held (it might
+  /// block, or derive a deadline on this clock: a fork() or a schedule()
+  /// would then wait on it): the mutex is dropped around it, and the thread
+  /// counts as awake meanwhile, so schedule() leaves waking it to its next
+  /// look at the heap.
+  time_point read_clock(std::unique_lock<std::mutex>& lock) {
+    if constexpr (standard_clock) {
+      return Clock::now();
+    } else {
+      wake_at_ = time_point::min();
+      lock.unlock();
+      const time_point now = Clock::now();
+      lock.lock();
+      return now;
+    }
+  }
+
+  /// Sleeps until `next` on Clock (read as `now`), or until notified.
+  /// steady_clock and system_clock deadlines are waited for as they are
+  /// (absolute, so a system_clock change is followed). For any other clock
+  /// the standard wait would compute `next - Clock::now()` (under the mutex)
+  /// and add it to steady_clock::now(), overflowing for a far deadline (or a
+  /// clock whose now() is negative, as file_clock's): wait for the time left
+  /// instead, saturated, and at most a second at a time, so that a clock that
+  /// jumps is looked at again soon.
+  void sleep_until(std::unique_lock<std::mutex>& lock, time_point next, time_point now) {
+    if constexpr (standard_clock) {
+      cv_.wait_until(lock, next);
+    } else {
+      const typename Clock::duration left = time_until(next, now);
+      if (left > std::chrono::seconds(1))
+        cv_.wait_for(lock, std::chrono::seconds(1));
+      else
+        cv_.wait_for(lock, left);
+    }
   }
 
   /// Pops the earliest timer if due, with a reference on its node.
@@ -190,29 +294,29 @@ class timer_service {
 
   void run() {
     std::unique_lock lock(mu_);
-    thread_id_ = std::this_thread::get_id();
     for (;;) {
       if (heap_.empty()) {
         wake_at_ = time_point::max();
+        slept_ = {slept_.count + 1, wake_at_};
         cv_.wait(lock);
         continue;
       }
       const time_point next = heap_[0].when;
-      if (Clock::now() < next) {
+      const time_point now = read_clock(lock);
+      if (heap_.empty() || heap_[0].when != next) continue;  // changed while the clock was read
+      if (now < next) {
         wake_at_ = next;
-        cv_.wait_until(lock, next);
+        slept_ = {slept_.count + 1, wake_at_};
+        sleep_until(lock, next, now);
         continue;
       }
       wake_at_ = time_point::min();  // awake: it looks at the heap again before sleeping
       dnode* n = heap_[0].n;
       pop_top();
       if (!try_acquire(n)) continue;
-      firing_ = true;
-      lock.unlock();
+      lock.unlock();  // never holds the mutex while user code runs (callbacks, stop requests)
       fire_one(n);
       lock.lock();
-      firing_ = false;
-      fired_.notify_all();  // a fork() waiting in the prepare handler
     }
   }
 
@@ -247,14 +351,18 @@ class timer_service {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::condition_variable fired_;  // firing_ turned false
   std::vector<entry> heap_;
   // When the timer thread next looks at the heap on its own: the deadline it
   // sleeps until, max() when it waits for work, min() while it is awake.
   time_point wake_at_ = time_point::max();
   bool started_ = false;
-  bool firing_ = false;       // the timer thread fires a timer, outside mu_
-  std::thread::id thread_id_;  // of the timer thread
+  sleep_record slept_;  // for tests
+  // Manual clocks: serialises the moves of the clock (see advance()).
+  std::recursive_mutex advance_mu_;
+  int advance_depth_ = 0;          // nested moves in progress; guarded by advance_mu_
+  std::thread::id advance_owner_;  // the thread moving the clock; guarded by advance_mu_
+
+  inline static timer_service* const made_before_main_ = &instance();
 };
 
 }  // namespace ctx::detail

@@ -45,6 +45,12 @@ struct wake_on_stop {
   }
 };
 
+struct wake_fd_holder;
+
+/// The calling thread's holder while it exists (constant-initialised: reading
+/// it makes nothing), so that the fork handler touches only a holder that does.
+inline thread_local constinit wake_fd_holder* this_thread_wake_fd_holder_made = nullptr;
+
 /// Owns one thread's wake-up eventfd and the stop callback that signals it.
 struct wake_fd_holder {
   int fd = -1;
@@ -56,6 +62,7 @@ struct wake_fd_holder {
   wake_fd_holder(const wake_fd_holder&) = delete;
   wake_fd_holder& operator=(const wake_fd_holder&) = delete;
   ~wake_fd_holder() {
+    this_thread_wake_fd_holder_made = nullptr;
     cb.reset();  // waits for a callback still returning on another thread
     if (fd >= 0) ::close(fd);
   }
@@ -63,6 +70,7 @@ struct wake_fd_holder {
 
 [[nodiscard]] inline wake_fd_holder& this_thread_wake_fd_holder() noexcept {
   thread_local wake_fd_holder h;
+  this_thread_wake_fd_holder_made = &h;
   return h;
 }
 
@@ -76,11 +84,19 @@ struct wake_fd_holder {
 /// destroying it could wait for that thread forever. Its stop state (a few
 /// dozen bytes) is leaked in the child.
 inline void forget_wake_fd_after_fork() noexcept {
-  wake_fd_holder& h = this_thread_wake_fd_holder();
+  wake_fd_holder* made = this_thread_wake_fd_holder_made;
+  if (!made) return;  // this thread never waited on an fd: nothing to forget
+  wake_fd_holder& h = *made;
   if (h.fd >= 0) ::close(h.fd);
   h.fd = -1;
   ::new (static_cast<void*>(&h.cb)) std::optional<std::stop_callback<wake_on_stop>>();
 }
+
+/// Registers forget_wake_fd_after_fork before main(): registering it on the
+/// first wait instead, in a function-local static, could leave its guard held
+/// by another thread at a fork(), and the child would wait for it for ever.
+inline const bool wake_fd_fork_handler_registered =
+    ::pthread_atfork(nullptr, nullptr, &forget_wake_fd_after_fork) == 0;
 
 /// The calling thread's wake-up eventfd, or -1 (errno set) if it could not be made.
 ///
@@ -90,8 +106,6 @@ inline void forget_wake_fd_after_fork() noexcept {
 [[nodiscard]] inline int thread_wake_fd() noexcept {
   wake_fd_holder& h = this_thread_wake_fd_holder();
   if (h.fd < 0) [[unlikely]] {
-    static const bool at_fork = ::pthread_atfork(nullptr, nullptr, &forget_wake_fd_after_fork) == 0;
-    (void)at_fork;
     h.fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   }
   return h.fd;
