@@ -19,6 +19,7 @@
 #include <sstream>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -559,6 +560,69 @@ TEST_CASE("deadlines work on a clock whose now is negative", "[time][deadline][r
   CHECK(c.err() == ctx::errc::deadline_exceeded);
   CHECK(std::chrono::steady_clock::now() - start >= 50ms);
   CHECK_FALSE(far.done());
+}
+
+namespace {
+
+/// A steady clock whose tick is a minute.
+struct minute_clock {
+  using rep = std::int64_t;
+  using period = std::ratio<60>;
+  using duration = std::chrono::duration<rep, period>;
+  using time_point = std::chrono::time_point<minute_clock>;
+  static constexpr bool is_steady = true;
+  static time_point now() noexcept {
+    return time_point(std::chrono::floor<duration>(std::chrono::steady_clock::now().time_since_epoch()));
+  }
+};
+
+/// A steady clock whose count is a double, in seconds.
+struct double_clock {
+  using rep = double;
+  using period = std::ratio<1>;
+  using duration = std::chrono::duration<rep, period>;
+  using time_point = std::chrono::time_point<double_clock>;
+  static constexpr bool is_steady = true;
+  static time_point now() noexcept {
+    return time_point(
+        std::chrono::duration_cast<duration>(std::chrono::steady_clock::now().time_since_epoch()));
+  }
+};
+
+}  // namespace
+
+// Regression: the timer thread compared the time left with seconds(1), which
+// converts minutes to seconds: for a far deadline the product overflowed
+// (UBSan), and the wait that followed ended in the past, so the thread spun.
+TEST_CASE("the timer thread of a clock whose tick is a minute sleeps for a far deadline",
+          "[time][deadline][real]") {
+  auto& service = ctx::detail::timer_service<minute_clock>::instance();
+  auto [c, cancel] = ctx::with_deadline(ctx::background<minute_clock>(),
+                                        minute_clock::time_point(minute_clock::duration(INT64_MAX / 2)));
+  const auto asleep = std::chrono::steady_clock::now() + 10s;  // the timer thread starts and goes to sleep
+  while (service.last_sleep().count == 0 && std::chrono::steady_clock::now() < asleep)
+    std::this_thread::sleep_for(1ms);
+  const auto before = service.last_sleep().count;
+  std::this_thread::sleep_for(300ms);
+  // It sleeps at most a second at a time: one more sleep at most, not thousands.
+  CHECK(service.last_sleep().count - before <= 1);
+  CHECK_FALSE(c.done());
+}
+
+// Regression: on a clock whose count is floating-point, a deadline of +inf
+// in the clock's own duration was kept as +inf: a timer that could never
+// fire, which woke the timer thread every second, and deadline() was not max().
+TEST_CASE("an infinite deadline on a floating-point clock is no deadline", "[time][deadline]") {
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  auto root = ctx::background<double_clock>();
+  auto& service = ctx::detail::timer_service<double_clock>::instance();
+  const std::size_t pending = service.pending();
+  auto [c, cancel] = ctx::with_deadline(root, double_clock::time_point(double_clock::duration(inf)));
+  CHECK(c.deadline() == double_clock::time_point::max());
+  CHECK(service.pending() == pending);
+  CHECK_FALSE(c.done());
+  auto [past, cancel_past] = ctx::with_deadline(root, double_clock::time_point(double_clock::duration(-inf)));
+  CHECK(past.err() == ctx::errc::deadline_exceeded);
 }
 
 TEST_CASE("manual_clock advance saturates at the end of time", "[time][testing]") {

@@ -260,9 +260,12 @@ template <class TimePoint, class Duration>
   static_assert(supported_rep<R>,
                 "ctx: a clock's count must be an integral type of at most 64 bits or floating-point");
   if constexpr (std::is_same_v<Duration, D>) {
-    if constexpr (std::is_floating_point_v<R>)
-      if (std::isnan(tp.time_since_epoch().count()))
-        return TimePoint::min();  // a NaN would break the heap's order
+    if constexpr (std::is_floating_point_v<R>) {
+      const R v = tp.time_since_epoch().count();
+      if (std::isnan(v)) return TimePoint::min();  // a NaN would break the heap's order
+      if (!(v < TimePoint::max().time_since_epoch().count())) return TimePoint::max();  // +inf: never
+      if (!(v > TimePoint::min().time_since_epoch().count())) return TimePoint::min();  // -inf: passed
+    }
     return tp;
   } else if constexpr (std::is_floating_point_v<R>) {
     using F = long double;

@@ -259,7 +259,10 @@ class timer_service {
       cv_.wait_until(lock, next);
     } else {
       const typename Clock::duration left = time_until(next, now);
-      if (left > std::chrono::seconds(1))
+      // Compared as double seconds: `left > seconds(1)` would convert `left`
+      // to the common type, seconds, which overflows for a clock whose tick
+      // is longer than a second (minutes: left * 60) and a far deadline.
+      if (std::chrono::duration<double>(left) > std::chrono::seconds(1))
         cv_.wait_for(lock, std::chrono::seconds(1));
       else
         cv_.wait_for(lock, left);
