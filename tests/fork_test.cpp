@@ -165,7 +165,7 @@ int child_of_a_parent_holding_a_contexts_lock_fires_its_own_deadlines() {
   std::latch locked(1);
   std::latch release(1);
   std::thread holder([&] {
-    ctx::detail::cancel_node* n = ctx::detail::access::of(d.context)->canc;
+    ctx::detail::cancel_node* n = ctx::detail::access::of(d.context)->nearest_cancelable;
     n->mtx.lock();  // as a thread inside after_func() or stop_token() on `d` does, briefly
     locked.count_down();
     release.wait();

@@ -85,7 +85,7 @@ TEST_CASE("manual-clock contexts never start a timer thread", "[testing]") {
 // past the deadline meanwhile.
 TEST_CASE("a deadline derived while another thread advances past it is never left pending", "[testing]") {
   auto parent = ctx::with_cancel(ctx::background<manual>());
-  ctx::detail::tiny_mutex& parent_lock = ctx::detail::access::of(parent.context)->canc->mtx;
+  ctx::detail::tiny_mutex& parent_lock = ctx::detail::access::of(parent.context)->nearest_cancelable->mtx;
   for (const bool sleep : {false, true}) {
     std::atomic<int> tid{0};
     std::optional<ctx::derived<manual>> d;

@@ -85,13 +85,13 @@ class basic_context {
   /// True once the context is cancelled or its deadline passed. One atomic
   /// load (acquire): no lock, no clock read. Never turns false again.
   [[nodiscard]] bool done() const noexcept {
-    const detail::cancel_node* c = n_->canc;
+    const detail::cancel_node* c = n_->nearest_cancelable;
     return c && (c->state.load(std::memory_order_acquire) & detail::st_done);
   }
 
   /// `{}` while live; then `errc::canceled` or `errc::deadline_exceeded`, forever.
   [[nodiscard]] std::error_code err() const noexcept {
-    const detail::cancel_node* c = n_->canc;
+    const detail::cancel_node* c = n_->nearest_cancelable;
     if (!c) return detail::no_error();
     return detail::err_of_state(c->state.load(std::memory_order_acquire));
   }
@@ -100,7 +100,7 @@ class basic_context {
   /// handle's argument, or the deadline's), falling back to `err()` when none
   /// was given. Stable once done.
   [[nodiscard]] std::error_code cause() const noexcept {
-    const detail::cancel_node* c = n_->canc;
+    const detail::cancel_node* c = n_->nearest_cancelable;
     if (!c) return detail::no_error();
     const std::uint32_t s = c->state.load(std::memory_order_acquire);
     if (!(s & detail::st_done)) return detail::no_error();
@@ -110,15 +110,16 @@ class basic_context {
   /// The effective deadline: the earliest of this context's and its
   /// ancestors' (up to the nearest `without_cancel`); empty if none.
   [[nodiscard]] std::optional<time_point> deadline() const noexcept {
-    if (!n_->dl) return std::nullopt;
-    return static_cast<const detail::deadline_node<Clock>*>(n_->dl)->when;
+    if (!n_->deadline_holder) return std::nullopt;
+    return static_cast<const detail::deadline_node<Clock>*>(n_->deadline_holder)->when;
   }
 
   /// Time left until the deadline: `duration::max()` without one, zero once
   /// it has passed (even before the timer marks the context done). Reads the clock.
   [[nodiscard]] duration remaining() const noexcept {
-    if (!n_->dl) return duration::max();
-    return detail::time_until(static_cast<const detail::deadline_node<Clock>*>(n_->dl)->when, Clock::now());
+    if (!n_->deadline_holder) return duration::max();
+    return detail::time_until(static_cast<const detail::deadline_node<Clock>*>(n_->deadline_holder)->when,
+                              Clock::now());
   }
 
   /// A `std::stop_token` on which stop is requested when this context is
@@ -128,7 +129,7 @@ class basic_context {
   /// stop state (as Go makes its Done channel lazily); later calls share it.
   /// Throws `std::bad_alloc` if that allocation fails.
   [[nodiscard]] std::stop_token stop_token() const {
-    detail::cancel_node* c = n_->canc;
+    detail::cancel_node* c = n_->nearest_cancelable;
     if (!c) return {};
     detail::tiny_lock lock(c->mtx);
     if (!c->src_.stop_possible()) {
@@ -158,7 +159,7 @@ class basic_context {
   /// Blocks the calling thread until the context is done. On a context that
   /// can never be done this blocks forever, as Go's `<-ctx.Done()` does.
   void wait() const noexcept {
-    detail::cancel_node* c = n_->canc;
+    detail::cancel_node* c = n_->nearest_cancelable;
     if (!c) {
       static std::atomic<std::uint32_t> never{0};
       for (;;) never.wait(0);
@@ -316,8 +317,8 @@ derived<Clock> derive_deadline(const basic_context<Clock>& parent, typename Cloc
                                const std::error_code& cause,
                                const typename Clock::time_point* now = nullptr) {
   node* p = access::of(parent);
-  if (p->dl && static_cast<const deadline_node<Clock>*>(p->dl)->when <= when) {
-    auto* n = new plain_cancel_node(node_kind::inherited_deadline, p, p->dl);
+  if (p->deadline_holder && static_cast<const deadline_node<Clock>*>(p->deadline_holder)->when <= when) {
+    auto* n = new plain_cancel_node(node_kind::inherited_deadline, p, p->deadline_holder);
     acquire(p);
     auto result = access::make_derived<Clock>(n);
     link_to_parent(n);
@@ -370,7 +371,7 @@ basic_context<Clock> todo() noexcept {
 template <class Clock>
 [[nodiscard]] derived<Clock> with_cancel(const basic_context<Clock>& parent) {
   detail::node* p = detail::access::of(parent);
-  auto* n = new detail::plain_cancel_node(detail::node_kind::cancel, p, p->dl);
+  auto* n = new detail::plain_cancel_node(detail::node_kind::cancel, p, p->deadline_holder);
   detail::acquire(p);
   auto result = detail::access::make_derived<Clock>(n);
   detail::link_to_parent(n);
@@ -455,7 +456,7 @@ requires std::constructible_from<T, U&&>
 template <class Clock>
 [[nodiscard]] basic_context<Clock> without_cancel(const basic_context<Clock>& parent) {
   detail::node* p = detail::access::of(parent);
-  auto* n = new detail::detach_node(p);
+  auto* n = new detail::without_cancel_node(p);
   detail::acquire(p);
   return detail::access::adopt<Clock>(n);
 }
@@ -465,22 +466,20 @@ requires std::invocable < std::decay_t<F>
 & > registration after_func(const basic_context<Clock>& c, F&& f) {
   auto* rec = new detail::callback_impl<std::decay_t<F>>(static_cast<F&&>(f));
   registration reg = detail::access::make_registration(rec);
-  detail::cancel_node* owner = detail::access::of(c)->canc;
+  detail::cancel_node* owner = detail::access::of(c)->nearest_cancelable;
   if (!owner) return reg;  // never done: f never runs
   detail::acquire(owner);
   rec->owner = owner;
   {
     detail::tiny_lock lock(owner->mtx);
     if (!(detail::claim_locked(owner) & detail::st_done)) {
-      rec->next = owner->first_cb;
-      if (rec->next) rec->next->prev = rec;
-      owner->first_cb = rec;
-      rec->st.store(detail::callback_rec::linked, std::memory_order_relaxed);
+      detail::callback_list::push_front(owner->first_cb, rec);
+      rec->run_state.store(detail::callback_rec::linked, std::memory_order_relaxed);
       return reg;
     }
   }
   rec->invoke(rec);
-  rec->st.store(detail::callback_rec::finished, std::memory_order_relaxed);
+  rec->run_state.store(detail::callback_rec::finished, std::memory_order_relaxed);
   return reg;
 }
 
@@ -489,17 +488,12 @@ inline bool registration::stop() noexcept {
   if (!rec_) return false;
   if (!rec_->owner) {
     std::uint32_t idle = callback_rec::idle;
-    return rec_->st.compare_exchange_strong(idle, callback_rec::removed, std::memory_order_relaxed);
+    return rec_->run_state.compare_exchange_strong(idle, callback_rec::removed, std::memory_order_relaxed);
   }
   detail::tiny_lock lock(rec_->owner->mtx);
-  if (rec_->st.load(std::memory_order_relaxed) != callback_rec::linked) return false;
-  if (rec_->prev)
-    rec_->prev->next = rec_->next;
-  else
-    rec_->owner->first_cb = rec_->next;
-  if (rec_->next) rec_->next->prev = rec_->prev;
-  rec_->prev = rec_->next = nullptr;
-  rec_->st.store(callback_rec::removed, std::memory_order_relaxed);
+  if (rec_->run_state.load(std::memory_order_relaxed) != callback_rec::linked) return false;
+  detail::callback_list::unlink(rec_->owner->first_cb, rec_);
+  rec_->run_state.store(callback_rec::removed, std::memory_order_relaxed);
   return true;
 }
 
@@ -511,13 +505,9 @@ inline void registration::reset() noexcept {
     bool wait = false;
     {
       detail::tiny_lock lock(owner->mtx);
-      switch (rec->st.load(std::memory_order_relaxed)) {
+      switch (rec->run_state.load(std::memory_order_relaxed)) {
         case callback_rec::linked:
-          if (rec->prev)
-            rec->prev->next = rec->next;
-          else
-            owner->first_cb = rec->next;
-          if (rec->next) rec->next->prev = rec->prev;
+          detail::callback_list::unlink(owner->first_cb, rec);
           break;
         case callback_rec::running:
           if (rec->runner == std::this_thread::get_id())
@@ -531,7 +521,8 @@ inline void registration::reset() noexcept {
     }
     if (wait) {
       std::uint32_t s;
-      while ((s = rec->st.load(std::memory_order_acquire)) == callback_rec::running) rec->st.wait(s);
+      while ((s = rec->run_state.load(std::memory_order_acquire)) == callback_rec::running)
+        rec->run_state.wait(s);
       detail::tiny_lock sync(owner->mtx);  // the runner stores `finished` under this lock
     }
     detail::release(owner);
