@@ -34,14 +34,11 @@
 #include <thread>
 
 #include "support/catch.hpp"
+#include "support/common.hpp"
 
 using namespace std::chrono_literals;
-using manual = ctx::testing::manual_clock;
 
 namespace {
-
-const std::error_code canceled = ctx::errc::canceled;
-const std::error_code deadline_exceeded = ctx::errc::deadline_exceeded;
 
 constexpr int timed_out = -1;
 constexpr int killed_by_signal = -2;

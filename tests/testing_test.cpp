@@ -13,10 +13,10 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/common.hpp"
 #include "support/posix_helpers.hpp"
 
 using namespace std::chrono_literals;
-using manual = ctx::testing::manual_clock;
 
 namespace {
 

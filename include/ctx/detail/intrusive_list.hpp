@@ -15,19 +15,22 @@ template <class T, T* T::*Prev, T* T::*Next>
 struct intrusive_list {
   /// Makes `x` the first element. Precondition: `x` is in no list.
   static void push_front(T*& head, T* x) noexcept {
-    x->*Next = head;
-    if (head) head->*Prev = x;
+    T* const first = head;  // read once: the stores below may alias `head` for the compiler
+    x->*Next = first;
+    if (first) first->*Prev = x;
     head = x;
   }
 
   /// Takes `x` out of the list whose first element is `head`, and clears its
   /// links. Precondition: `x` is in that list.
   static void unlink(T*& head, T* x) noexcept {
-    if (x->*Prev)
-      (x->*Prev)->*Next = x->*Next;
+    T* const prev = x->*Prev;
+    T* const next = x->*Next;
+    if (prev)
+      prev->*Next = next;
     else
-      head = x->*Next;
-    if (x->*Next) (x->*Next)->*Prev = x->*Prev;
+      head = next;
+    if (next) next->*Prev = prev;
     x->*Prev = x->*Next = nullptr;
   }
 

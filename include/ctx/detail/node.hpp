@@ -1,16 +1,19 @@
 // SPDX-License-Identifier: MIT
 // Context nodes: reference counting, the cancellation tree, and the cancel algorithm.
 //
-// Thread safety: a node's immutable part (kind, parent, cancelable ancestor,
-// deadline, key bloom, value) is written before the node is published and
-// never again. A cancel node's mutable part is guarded by its own mutex
-// (child list head, callback list, cause, stop source) or by its cancelable
-// parent's mutex (its sibling links and `linked`). The state word is written
-// under the node's mutex with release order and read lock-free with acquire
-// order; the cause is written before the state word, so a reader that sees
-// `st_done` sees the final err and cause. One exception: a node with nothing
-// attached (state word 0, see st_busy) is marked done by a compare-and-swap
-// without its mutex, and then its cause is the empty one it always had.
+// Thread safety: a node's immutable part (kind, ops, parent,
+// nearest_cancelable, deadline_holder, key_bloom, a value node's key and
+// value) is written before the node is published and never again. A cancel
+// node's mutable part is guarded by its own mutex (child list head, callback
+// list, cause, stop source) or by its cancelable parent's mutex (its sibling
+// links and `linked`). The state word is marked done under the node's mutex
+// (mark_locked, a release store) and read lock-free with acquire order; the
+// cause is written before that store, so a reader that sees `st_done` sees
+// the final err and cause. Two exceptions: a node with nothing attached
+// (state word 0, see st_busy) is marked done by a compare-and-swap without
+// its mutex, and then its cause is the empty one it always had; and
+// st_settled is added without the mutex, by a read-modify-write of the cancel
+// that marked the node (settle), so that flags set meanwhile are kept.
 #pragma once
 
 #include <atomic>
@@ -130,9 +133,9 @@ struct cancel_node : node {
   // taken the node out of its parent's list (mark_locked): that cancel's
   // worklist link, owned by that one cancel (saves a pointer per node).
   cancel_node* next_sib = nullptr;
-  callback_rec* first_cb = nullptr;         // guarded by mtx
-  std::error_code cause_ = no_error();      // written under mtx before st_done
-  std::stop_source src_{std::nostopstate};  // created lazily; guarded by mtx
+  callback_rec* first_callback = nullptr;  // guarded by mtx
+  std::error_code cause_ = no_error();     // written before st_done: under mtx, or before publication
+  std::stop_source stop_source_{std::nostopstate};  // created lazily; guarded by mtx
 };
 
 /// An after_func registration (see registration in context.hpp).
@@ -151,7 +154,7 @@ struct callback_rec {
 
 /// A cancel node's children (first_child), linked through prev_sib/next_sib.
 using child_list = intrusive_list<cancel_node, &cancel_node::prev_sib, &cancel_node::next_sib>;
-/// A cancel node's after_func callbacks (first_cb), linked through prev/next.
+/// A cancel node's after_func callbacks (first_callback), linked through prev/next.
 using callback_list = intrusive_list<callback_rec, &callback_rec::prev, &callback_rec::next>;
 
 // ---------------------------------------------------------------------------
@@ -230,9 +233,10 @@ inline bool link_to_parent(cancel_node* c) noexcept {
 }
 
 /// Destroys what a cancel node owns besides its memory; used by every destroy().
-/// A done node is no longer in its parent's list: the cancel that marked it
-/// either was the parent's (which emptied the list) or its own (which unlinked
-/// it before returning, holding a reference), so only a live node takes the
+/// A done node is no longer in its parent's list: it was born done (never
+/// linked), or the cancel that marked it was an ancestor's (which emptied the
+/// parent's list when it marked the parent) or its own (which unlinked it
+/// before returning, holding a reference). So only a live node takes the
 /// parent's lock.
 inline void retire(cancel_node* c) noexcept {
   if (!(c->state.load(std::memory_order_acquire) & st_done)) unlink_from_parent(c);
@@ -268,7 +272,9 @@ inline void wake_state_waiters(cancel_node* c, std::uint32_t s) noexcept {
 
 inline void wait_settled(cancel_node* c) noexcept { wait_state(c, st_settled); }
 
-/// Marks `n` done; its children move onto `work` (each with a reference).
+/// Marks `n` done and empties its child list: every child that is not being
+/// destroyed moves onto `work` with a reference (a child whose count is zero
+/// is dropped: nobody can observe it any more).
 /// Precondition: n->mtx held, and `claimed` is what claim_locked(n) returned,
 /// without st_done (so no fast path can mark `n` meanwhile, nor can any other
 /// writer change the word: the plain store below is the only write).
@@ -277,7 +283,7 @@ inline void mark_locked(cancel_node* n, std::uint32_t claimed, std::uint32_t don
   // Hooks added after this point see st_done and run themselves (stop_token()
   // makes a stopped source, after_func runs f at once): fire() need only look
   // at a node that had some now.
-  n->has_hooks = n->src_.stop_possible() || n->first_cb != nullptr;
+  n->has_hooks = n->stop_source_.stop_possible() || n->first_callback != nullptr;
   n->cause_ = cause;
   // A leaf is settled as soon as it is done: no child can be linked to a done
   // node (link_to_parent makes it born done), so settle() skips its RMW.
@@ -305,8 +311,10 @@ inline void mark_locked(cancel_node* n, std::uint32_t claimed, std::uint32_t don
                                           std::memory_order_acquire);
 }
 
-/// Called by the cancel that marked `n`, the only writer of a done node's state.
-/// Wakes whoever waits for st_done or st_settled on `n`.
+/// Sets st_settled on `n` (unless mark_locked did, for a leaf) and wakes
+/// whoever waits for st_done or st_settled on it. Called by the cancel that
+/// marked `n`, after marking its whole subtree. A waiter may add st_waiters
+/// meanwhile (wait_state, under the mutex), hence a read-modify-write here.
 inline void settle(cancel_node* n) noexcept {
   std::uint32_t s = n->state.load(std::memory_order_relaxed);
   if (!(s & st_settled)) s = n->state.fetch_or(st_settled, std::memory_order_release);
@@ -318,7 +326,7 @@ inline void fire_hooks(cancel_node* n) noexcept {
   std::stop_source src{std::nostopstate};
   {
     tiny_lock lock(n->mtx);
-    src = n->src_;
+    src = n->stop_source_;
   }
   if (src.stop_possible()) src.request_stop();
   if (n->ops->on_cancel) n->ops->on_cancel(n);
@@ -327,7 +335,7 @@ inline void fire_hooks(cancel_node* n) noexcept {
     callback_rec* rec;
     {
       tiny_lock lock(n->mtx);
-      rec = callback_list::pop_front(n->first_cb);
+      rec = callback_list::pop_front(n->first_callback);
       if (!rec) break;
       rec->runner = std::this_thread::get_id();
       rec->destroyed = &destroyed;

@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: MIT
-// The timer service: one per clock type, one thread for the whole process, a binary heap.
+// The timer service: one per clock type, each a binary heap and one timer
+// thread, started by the clock's first pending deadline (none for a clock
+// whose timers fire on move, see manual_timers).
 //
 // Thread safety: the heap and every node's heap index are guarded by the
 // service's mutex. The timer thread never holds that mutex while it cancels a
