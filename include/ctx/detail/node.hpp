@@ -138,7 +138,8 @@ struct cancel_node : node {
   std::stop_source stop_source_{std::nostopstate};  // created lazily; guarded by mtx
 };
 
-/// An after_func registration (see registration in context.hpp).
+/// An after_func record (registration in context.hpp is its handle; detail/after_func.hpp
+/// links, stops and destroys it; fire_hooks below runs it).
 struct callback_rec {
   enum : std::uint32_t { idle, linked, running, finished, removed };
 
@@ -349,7 +350,7 @@ inline void fire_hooks(cancel_node* n) noexcept {
       rec->destroyed = nullptr;
       // seq_cst: ordered before notify_all()'s seq_cst check for waiters, as
       // std::atomic::wait's protocol needs (a release store may be reordered
-      // after that load, and the waiter in registration::reset be missed).
+      // after that load, and the waiter in destroy_callback be missed).
       rec->run_state.store(callback_rec::finished, std::memory_order_seq_cst);
       rec->run_state.notify_all();
     }
