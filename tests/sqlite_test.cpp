@@ -557,6 +557,39 @@ TEST_CASE("an outer statement of the same connection survives a cancelled inner 
   CHECK(rows == 200000);
 }
 
+TEST_CASE("an outer statement that reads no table survives a cancelled inner one", "[sqlite]") {
+  // A CTE or a compound of constants holds no transaction while it is
+  // iterated, so "no transaction open" did not see it: the inner call armed
+  // sqlite3_interrupt, and the connection's flag, which SQLite clears only
+  // when no statement is active, stopped the outer statement at its next step.
+  database db;
+  const char* outers[] = {
+      "with recursive r(i) as (select 1 union all select i + 1 from r where i < 10) select i from r",
+      "select 1 union all select 2 union all select 3 union all select 4 union all select 5 union all "
+      "select 6 union all select 7 union all select 8 union all select 9 union all select 10"};
+  for (const char* sql : outers) {
+    for (const bool by_step : {false, true}) {
+      INFO(sql << (by_step ? " (step)" : " (exec)"));
+      auto [outer, err, tail] = ctx::sqlite::prepare(ctx::background(), db.get(), sql);
+      REQUIRE(outer);
+      REQUIRE(ctx::sqlite::step(ctx::background(), outer.get()).row());
+      auto [inner, err2, tail2] = ctx::sqlite::prepare(ctx::background(), db.get(), long_query);
+      REQUIRE(inner);
+      auto [c, cancel] = ctx::with_cancel(ctx::background());
+      canceller k(cancel, 20ms);  // the long query's first step runs for seconds
+      const std::error_code e =
+          by_step ? ctx::sqlite::step(c, inner.get()).error() : ctx::sqlite::exec(c, db.get(), long_query);
+      (void)k.when();
+      REQUIRE(e == canceled);
+      int rows = 1;
+      ctx::sqlite::step_result r;
+      while ((r = ctx::sqlite::step(ctx::background(), outer.get()))) ++rows;
+      CHECK(r.error() == std::error_code{});
+      CHECK(rows == 10);
+    }
+  }
+}
+
 TEST_CASE("a user's progress handler is replaced by ctx's which is inert outside calls", "[sqlite]") {
   database db;
   int calls = 0;
