@@ -10,6 +10,8 @@
 #include <libpq-fe.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -23,6 +25,7 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/latency.hpp"
 #include "support/postgres_server.hpp"
 #include "support/temp_dir.hpp"
 
@@ -252,6 +255,47 @@ TEST_CASE("a query cancelled inside a transaction leaves it failed until rollbac
   CHECK(ctx::postgres::exec(ctx::background(), conn.get(), "select 1").sqlstate() == "25P02");
   REQUIRE(ctx::postgres::exec(ctx::background(), conn.get(), "rollback"));
   CHECK(value(conn.get(), "select count(*) from t") == "0");
+}
+
+TEST_CASE("a forked child sends its own cancels while the parent's canceller lingers", "[postgres][fork]") {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  // The child allocates (libpq does), and the sanitizers' allocators are not
+  // safe in the child of a multi-threaded fork (the canceller has a thread).
+  SUCCEED("not run under a sanitizer");
+#else
+  if (test::under_valgrind()) {
+    // The child abandons the parent's canceller state, by design: valgrind's
+    // leak check of the child would report it.
+    SUCCEED("not run under valgrind");
+    return;
+  }
+  const std::string conninfo = test::postgres_server::shared().conninfo();
+  {
+    // A cancel in the parent: its canceller thread then lingers, idle.
+    auto conn = connect();
+    auto [c, cancel] = ctx::with_timeout(ctx::background(), 20ms);
+    CHECK(ctx::postgres::exec(c, conn.get(), "select pg_sleep(30)").error() == deadline_exceeded);
+    REQUIRE(ctx::postgres::drain(ctx::background(), conn.get()) == std::error_code{});
+  }
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // Before the fix the child counted the parent's idle worker as its own:
+    // its cancel was queued for a thread that does not exist here, and the
+    // next call waited for that cancel until its deadline.
+    auto [conn, err, message] = ctx::postgres::connect(ctx::background(), conninfo);
+    if (!conn) ::_exit(2);
+    auto [c, cancel] = ctx::with_timeout(ctx::background(), 20ms);
+    if (ctx::postgres::exec(c, conn.get(), "select pg_sleep(30)").error() != deadline_exceeded) ::_exit(3);
+    auto [next, stop] = ctx::with_timeout(ctx::background(), 20s);
+    const auto r = ctx::postgres::exec(next, conn.get(), "select 1");
+    ::_exit(r && r.value(0, 0) == "1" ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+#endif
 }
 
 TEST_CASE("a large query is flushed under the context", "[postgres]") {

@@ -30,6 +30,7 @@
 
 #include <libpq-fe.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/socket.h>
 
 #include <array>
@@ -42,6 +43,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <span>
 #include <stop_token>
@@ -333,6 +335,12 @@ struct cancel_state {
 /// them) on threads of its own, so that the caller does not wait; remembers,
 /// per connection, the request on its way. One per process, never destroyed
 /// (a thread may still be sending when the program exits).
+///
+/// A child made by fork() has none of the parent's threads: it starts with
+/// no worker and nothing queued or pending (the parent's requests are the
+/// parent's to send, for connections the child must not use), or it would
+/// count the parent's lingering workers as its own, queue its cancels for
+/// them, and wait for them forever.
 class canceller {
  public:
   static canceller& instance() {
@@ -379,6 +387,26 @@ class canceller {
   }
 
  private:
+  canceller() {
+    // fork() never copies m_ locked by another thread: the child could not unlock it.
+    (void)::pthread_atfork([] { instance().m_.lock(); }, [] { instance().m_.unlock(); },
+                           [] { instance().forget_after_fork(); });
+  }
+
+  /// pthread_atfork child handler, with m_ held by this thread. The parent's
+  /// jobs, pending states and condition variables (which may count waiters
+  /// that do not exist here: destroying or notifying them could block) are
+  /// abandoned, not destroyed: a few hundred bytes leaked in the child.
+  void forget_after_fork() noexcept {
+    ::new (static_cast<void*>(&cv_)) std::condition_variable();
+    ::new (static_cast<void*>(&jobs_)) std::deque<job>();
+    ::new (static_cast<void*>(&pending_)) std::unordered_map<PGconn*, std::shared_ptr<cancel_state>>();
+    workers_ = 0;
+    idle_ = 0;
+    pending_count_.store(0, std::memory_order_relaxed);
+    m_.unlock();
+  }
+
   static constexpr int max_workers = 4;
   static constexpr auto linger =
       std::chrono::seconds(10);  // an idle worker waits this long for the next cancel
