@@ -9,6 +9,7 @@
 
 #include <libpq-fe.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -296,6 +297,45 @@ TEST_CASE("a forked child sends its own cancels while the parent's canceller lin
   REQUIRE(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
 #endif
+}
+
+TEST_CASE("a new connection at a closed one's address does not wait for that one's cancel", "[postgres]") {
+  // Pools close a connection whose call was cancelled. Its cancel request
+  // may still be on its way when malloc gives its address to the next
+  // connection, and the canceller remembered requests by address: the new
+  // connection's first call waited for the old one's cancel. Here the old
+  // cancels cannot be served at all (their server's postmaster is stopped),
+  // so such a wait is unmistakable.
+  auto other = test::postgres_server::start();
+  std::vector<ctx::postgres::connection> olds;
+  for (int i = 0; i < 20; ++i) {
+    auto [conn, err, message] = ctx::postgres::connect(ctx::background(), other->conninfo());
+    REQUIRE(conn);
+    olds.push_back(std::move(conn));
+  }
+  const pid_t pm = other->postmaster_pid();
+  REQUIRE(pm > 0);
+  REQUIRE(::kill(pm, SIGSTOP) == 0);
+  struct resume {
+    pid_t pm;
+    ~resume() { ::kill(pm, SIGCONT); }
+  } resume_at_end{pm};
+  bool reused = false;
+  for (auto& old : olds) {
+    auto [c, cancel] = ctx::with_timeout(ctx::background(), 20ms);
+    REQUIRE(ctx::postgres::exec(c, old.get(), "select pg_sleep(5)").error() == deadline_exceeded);
+    const PGconn* const address = old.get();
+    old.reset();  // closed with its cancel still on its way
+    auto conn = connect();
+    if (conn.get() != address) continue;
+    reused = true;
+    auto [next, stop] = ctx::with_timeout(ctx::background(), 5s);
+    const auto r = ctx::postgres::exec(next, conn.get(), "select 1");
+    REQUIRE(r.error() == std::error_code{});
+    CHECK(r.value(0, 0) == "1");
+    break;
+  }
+  if (!reused) SUCCEED("malloc never gave a closed connection's address to the next (ASan's quarantine)");
 }
 
 TEST_CASE("a large query is flushed under the context", "[postgres]") {

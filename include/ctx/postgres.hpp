@@ -313,6 +313,8 @@ class waiter {
 
 /// Waiting for one cancel request to be served.
 struct cancel_state {
+  explicit cancel_state(int pid) noexcept : backend_pid(pid) {}
+  const int backend_pid;  // PQbackendPID of the cancelled connection: tells it from a new one at its address
   std::mutex m;
   std::condition_variable_any cv;
   bool done = false;
@@ -352,7 +354,7 @@ class canceller {
   void cancel(PGconn* conn) {
     PGcancel* pc = PQgetCancel(conn);
     if (!pc) return;  // out of memory: the next call waits for the query to end
-    auto st = std::make_shared<cancel_state>();
+    auto st = std::make_shared<cancel_state>(PQbackendPID(conn));
     {
       std::lock_guard lock(m_);
       pending_[conn] = st;
@@ -379,11 +381,15 @@ class canceller {
     return pending_count_.load(std::memory_order_acquire) != 0;
   }
 
-  /// The cancel request on its way for `conn`, or null.
+  /// The cancel request on its way for `conn`, or null. Requests are
+  /// remembered by address, and a connection closed right after its call was
+  /// cancelled may have left its address to a new one (malloc reuses it at
+  /// once): a request for a different server process is not this one's.
   [[nodiscard]] std::shared_ptr<cancel_state> pending(PGconn* conn) {
     std::lock_guard lock(m_);
     const auto it = pending_.find(conn);
-    return it == pending_.end() ? nullptr : it->second;
+    if (it == pending_.end() || it->second->backend_pid != PQbackendPID(conn)) return nullptr;
+    return it->second;
   }
 
  private:
