@@ -664,6 +664,29 @@ TEST_CASE("an outer statement that reads no table survives a cancelled inner one
   }
 }
 
+TEST_CASE("a connection with many prepared statements is stopped by the progress handler alone", "[sqlite]") {
+  // Past interrupt_scan_limit statements ctx does not look for an active
+  // one, and arms no interrupt: an outer statement that reads no table
+  // survives there too, and the inner call still stops at its cancel.
+  database db;
+  std::vector<ctx::sqlite::statement> cache;
+  for (int i = 0; i <= ctx::sqlite::detail::interrupt_scan_limit; ++i)
+    cache.push_back(ctx::sqlite::prepare(ctx::background(), db.get(), "select 2").stmt);
+  auto [outer, err, tail] = ctx::sqlite::prepare(
+      ctx::background(), db.get(),
+      "with recursive r(i) as (select 1 union all select i + 1 from r where i < 10) select i from r");
+  REQUIRE(ctx::sqlite::step(ctx::background(), outer.get()).row());
+  auto [c, cancel] = ctx::with_cancel(ctx::background());
+  canceller k(cancel, 20ms);
+  CHECK(ctx::sqlite::exec(c, db.get(), long_query) == canceled);
+  (void)k.when();
+  int rows = 1;
+  ctx::sqlite::step_result r;
+  while ((r = ctx::sqlite::step(ctx::background(), outer.get()))) ++rows;
+  CHECK(r.error() == std::error_code{});
+  CHECK(rows == 10);
+}
+
 TEST_CASE("a user's progress handler is replaced by ctx's which is inert outside calls", "[sqlite]") {
   database db;
   int calls = 0;
