@@ -687,6 +687,43 @@ TEST_CASE("a connection with many prepared statements is stopped by the progress
   CHECK(rows == 10);
 }
 
+namespace {
+
+std::error_code exit_exec_result;
+sqlite3* exit_exec_db = nullptr;
+
+/// Constructed before the thread's first ctx::sqlite call, so destroyed
+/// after ctx's per-thread interrupt holder.
+struct exec_at_exit {
+  ~exec_at_exit() {
+    auto [c, cancel] = ctx::with_cancel(ctx::background());
+    canceller k(cancel, 20ms);
+    exit_exec_result = ctx::sqlite::exec(c, exit_exec_db, long_query);
+    (void)k.when();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a call from a thread_local destructor after the thread's interrupt holder is gone stops at cancel",
+          "[sqlite]") {
+  // The interrupt used to be armed in the destroyed holder: a callback that
+  // fired was left there for a next arm that never comes, so nobody waited
+  // for the cancelling thread to return through it before the thread's
+  // memory went, and its stop state leaked (LeakSanitizer reports it). Now
+  // the progress handler alone stops such a call.
+  database db;
+  exit_exec_db = db.get();
+  exit_exec_result = {};
+  std::thread([&] {
+    thread_local exec_at_exit at_exit;  // constructed first: destroyed after ctx's holder
+    (void)&at_exit;
+    auto [c, cancel] = ctx::with_cancel(ctx::background());
+    (void)ctx::sqlite::exec(c, db.get(), "select 1");  // makes the holder
+  }).join();
+  CHECK(exit_exec_result == canceled);
+}
+
 TEST_CASE("a user's progress handler is replaced by ctx's which is inert outside calls", "[sqlite]") {
   database db;
   int calls = 0;

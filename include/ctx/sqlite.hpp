@@ -271,8 +271,24 @@ struct interrupt_holder {
 
 void forget_interrupt_after_fork() noexcept;
 
+/// True once the calling thread's interrupt_holder is destroyed (the thread
+/// is exiting). Trivially destructible, so the destructors of other
+/// thread_local objects, which may run after the holder's, can read it.
+[[nodiscard]] inline bool& this_thread_interrupt_gone() noexcept {
+  thread_local bool gone = false;
+  return gone;
+}
+
+/// The holder of the calling thread, which records its own destruction: a
+/// callback armed after it could not be destroyed (and waited for) by
+/// anyone, and a cancelling thread returning through it would write to the
+/// exited thread's memory.
+struct thread_interrupt_holder : interrupt_holder {
+  ~thread_interrupt_holder() { this_thread_interrupt_gone() = true; }
+};
+
 [[nodiscard]] inline interrupt_holder& this_thread_interrupt() noexcept {
-  thread_local interrupt_holder h;
+  thread_local thread_interrupt_holder h;
   static const bool at_fork = ::pthread_atfork(nullptr, nullptr, &forget_interrupt_after_fork) == 0;
   (void)at_fork;
   return h;
@@ -415,6 +431,11 @@ inline constexpr int interrupt_scan_limit = 16;
 /// this returns, the callback no longer touches the connection.
 template <class Steps>
 int interruptible(const call_base& k, sqlite3* db, bool& fired, Steps&& steps) noexcept {
+  // During thread exit, after the holder is gone (a call from the destructor
+  // of a thread_local object constructed before it): no interrupt; the
+  // progress handler stops the statement.
+  if (this_thread_interrupt_gone()) [[unlikely]]
+    return steps();
   interrupt_holder& h = this_thread_interrupt();
   try {
     if (!h.arm(db, k.token())) return steps();
