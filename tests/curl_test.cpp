@@ -608,6 +608,41 @@ TEST_CASE("threads perform at once each with its own multi handle closed at thre
   CHECK(server().wait_open_connections(0));
 }
 
+namespace {
+
+std::error_code exit_perform_result = ctx::errc::canceled;  // replaced by the destructor below
+std::string exit_perform_body;
+
+/// Constructed before the thread's first perform(), so destroyed after ctx's
+/// per-thread holder, which cleaned the thread's multi handle up.
+struct perform_at_exit {
+  ~perform_at_exit() {
+    transfer t(server().url("/fast"));
+    auto [c, cancel] = ctx::with_timeout(ctx::background(), 30s);
+    exit_perform_result = ctx::curl::perform(c, t.h);
+    exit_perform_body = t.body;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("perform from a thread_local destructor after the thread's multi handle was cleaned up works",
+          "[curl][threads]") {
+  // The holder cleaned its multi handle up but kept the pointer: a perform()
+  // later in the thread's exit added the handle to freed memory (curl said
+  // CURLE_BAD_FUNCTION_ARGUMENT, or worse once the memory was reused).
+  std::thread([] {
+    thread_local perform_at_exit at_exit;  // constructed first: destroyed after ctx's holder
+    (void)&at_exit;
+    transfer t(server().url("/fast"));
+    CHECK(ctx::curl::perform(ctx::background(), t.h) == std::error_code{});
+  }).join();
+  CHECK(exit_perform_result == std::error_code{});
+  CHECK(exit_perform_body == "hello");
+  // The destructor's own multi handle was cleaned up with its connection.
+  CHECK(server().wait_open_connections(0));
+}
+
 TEST_CASE("thread_cleanup closes the thread's cached connections", "[curl]") {
   no_cached_connections();
   transfer t(server().url("/fast"));

@@ -7,7 +7,9 @@
 #include <ctx/testing.hpp>
 
 #include <pthread.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 
@@ -866,6 +868,58 @@ TEST_CASE("a forked child's first wait after a cancelled one in the parent works
   REQUIRE(::waitpid(pid, &status, 0) == pid);
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
+}
+
+namespace {
+
+/// What the thread_local below saw, read by the test after the join.
+struct exit_call_report {
+  int wake_fd = -1;        // the thread's eventfd while it lived
+  int victim = -1;         // a file that holds that number during the thread's exit
+  std::error_code wait;    // the wait made from the destructor
+  long victim_bytes = -1;  // what that file holds afterwards
+};
+exit_call_report exit_call;
+int exit_call_pipe = -1;
+
+/// Constructed before the thread's first ctx::io call, so destroyed after
+/// ctx's per-thread holder, which closed the thread's eventfd.
+struct wait_at_exit {
+  ~wait_at_exit() {
+    // A file opened now takes the lowest free number; make sure it is the
+    // closed eventfd's.
+    int f = ::memfd_create("ctx-victim", MFD_CLOEXEC);
+    if (f >= 0 && f != exit_call.wake_fd) {
+      ::dup2(f, exit_call.wake_fd);
+      ::close(f);
+      f = exit_call.wake_fd;
+    }
+    exit_call.victim = f;
+    auto [c, cancel] = ctx::with_timeout(ctx::background(), 20ms);
+    exit_call.wait = ctx::io::wait_readable(c, exit_call_pipe);
+    struct stat st {};
+    if (::fstat(f, &st) == 0) exit_call.victim_bytes = static_cast<long>(st.st_size);
+    ::close(f);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a wait from a thread_local destructor after the thread's eventfd closed writes to no other file",
+          "[io][wake]") {
+  // The holder closed the eventfd but kept its number: a wait made later in
+  // the thread's exit armed the stop callback on that number, now another
+  // file's, and the deadline wrote 8 bytes into it.
+  const test::fd_pair idle = test::make_pipe(O_CLOEXEC | O_NONBLOCK);
+  exit_call_pipe = idle.a.get();
+  std::thread([] {
+    thread_local wait_at_exit at_exit;  // constructed first: destroyed after ctx's holder
+    (void)&at_exit;
+    exit_call.wake_fd = ctx::detail::thread_wake_fd();
+  }).join();
+  REQUIRE(exit_call.wake_fd >= 0);
+  CHECK(exit_call.wait == ctx::errc::deadline_exceeded);
+  CHECK(exit_call.victim_bytes == 0);
 }
 
 TEST_CASE("a thousand threads blocked on one context all wake on one cancel", "[io][cancel][stress]") {

@@ -9,7 +9,10 @@
 
 #include <libpq-fe.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -24,6 +27,7 @@
 
 #include "support/catch.hpp"
 #include "support/common.hpp"
+#include "support/latency.hpp"
 #include "support/postgres_server.hpp"
 #include "support/temp_dir.hpp"
 
@@ -250,6 +254,86 @@ TEST_CASE("a query cancelled inside a transaction leaves it failed until rollbac
   CHECK(ctx::postgres::exec(ctx::background(), conn.get(), "select 1").sqlstate() == "25P02");
   REQUIRE(ctx::postgres::exec(ctx::background(), conn.get(), "rollback"));
   CHECK(value(conn.get(), "select count(*) from t") == "0");
+}
+
+TEST_CASE("a forked child sends its own cancels while the parent's canceller lingers", "[postgres][fork]") {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  // The child allocates (libpq does), and the sanitizers' allocators are not
+  // safe in the child of a multi-threaded fork (the canceller has a thread).
+  SUCCEED("not run under a sanitizer");
+#else
+  if (test::under_valgrind()) {
+    // The child abandons the parent's canceller state, by design: valgrind's
+    // leak check of the child would report it.
+    SUCCEED("not run under valgrind");
+    return;
+  }
+  const std::string conninfo = test::postgres_server::shared().conninfo();
+  {
+    // A cancel in the parent: its canceller thread then lingers, idle.
+    auto conn = connect();
+    auto [c, cancel] = ctx::with_timeout(ctx::background(), 20ms);
+    CHECK(ctx::postgres::exec(c, conn.get(), "select pg_sleep(30)").error() == deadline_exceeded);
+    REQUIRE(ctx::postgres::drain(ctx::background(), conn.get()) == std::error_code{});
+  }
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // Before the fix the child counted the parent's idle worker as its own:
+    // its cancel was queued for a thread that does not exist here, and the
+    // next call waited for that cancel until its deadline.
+    auto [conn, err, message] = ctx::postgres::connect(ctx::background(), conninfo);
+    if (!conn) ::_exit(2);
+    auto [c, cancel] = ctx::with_timeout(ctx::background(), 20ms);
+    if (ctx::postgres::exec(c, conn.get(), "select pg_sleep(30)").error() != deadline_exceeded) ::_exit(3);
+    auto [next, stop] = ctx::with_timeout(ctx::background(), 20s);
+    const auto r = ctx::postgres::exec(next, conn.get(), "select 1");
+    ::_exit(r && r.value(0, 0) == "1" ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+#endif
+}
+
+TEST_CASE("a new connection at a closed one's address does not wait for that one's cancel", "[postgres]") {
+  // Pools close a connection whose call was cancelled. Its cancel request
+  // may still be on its way when malloc gives its address to the next
+  // connection, and the canceller remembered requests by address: the new
+  // connection's first call waited for the old one's cancel. Here the old
+  // cancels cannot be served at all (their server's postmaster is stopped),
+  // so such a wait is unmistakable.
+  auto other = test::postgres_server::start();
+  std::vector<ctx::postgres::connection> olds;
+  for (int i = 0; i < 20; ++i) {
+    auto [conn, err, message] = ctx::postgres::connect(ctx::background(), other->conninfo());
+    REQUIRE(conn);
+    olds.push_back(std::move(conn));
+  }
+  const pid_t pm = other->postmaster_pid();
+  REQUIRE(pm > 0);
+  REQUIRE(::kill(pm, SIGSTOP) == 0);
+  struct resume {
+    pid_t pm;
+    ~resume() { ::kill(pm, SIGCONT); }
+  } resume_at_end{pm};
+  bool reused = false;
+  for (auto& old : olds) {
+    auto [c, cancel] = ctx::with_timeout(ctx::background(), 20ms);
+    REQUIRE(ctx::postgres::exec(c, old.get(), "select pg_sleep(5)").error() == deadline_exceeded);
+    const PGconn* const address = old.get();
+    old.reset();  // closed with its cancel still on its way
+    auto conn = connect();
+    if (conn.get() != address) continue;
+    reused = true;
+    auto [next, stop] = ctx::with_timeout(ctx::background(), 5s);
+    const auto r = ctx::postgres::exec(next, conn.get(), "select 1");
+    REQUIRE(r.error() == std::error_code{});
+    CHECK(r.value(0, 0) == "1");
+    break;
+  }
+  if (!reused) SUCCEED("malloc never gave a closed connection's address to the next (ASan's quarantine)");
 }
 
 TEST_CASE("a large query is flushed under the context", "[postgres]") {

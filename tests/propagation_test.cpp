@@ -5,7 +5,9 @@
 #include <ctx/testing.hpp>
 
 #include <chrono>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <optional>
 #include <random>
@@ -392,6 +394,23 @@ TEST_CASE("extract of an expired header gives a context born done", "[propagatio
       CHECK(c.err() == ctx::errc::deadline_exceeded);
     }
   }
+}
+
+TEST_CASE("extract with a floating-point limit that is NaN or infinite saturates as with_timeout does",
+          "[propagation]") {
+  // A NaN limit reached duration_cast to integer nanoseconds: undefined
+  // behaviour (UBSan: "nan is outside the range of representable values").
+  const auto nan = std::chrono::duration<double>(std::numeric_limits<double>::quiet_NaN());
+  const auto inf = std::chrono::duration<double>(std::numeric_limits<double>::infinity());
+  CHECK(ctx::propagation::detail::ceil_nanoseconds(nan) == ns::min());
+  CHECK(ctx::propagation::detail::ceil_nanoseconds(-inf) == ns::min());
+  CHECK(ctx::propagation::detail::ceil_nanoseconds(inf) == ns::max());
+  auto [expired, stop1] = extract(ctx::background<manual>(), headers{}, nan);
+  auto [core, stop2] = ctx::with_timeout(ctx::background<manual>(), nan);
+  CHECK(expired.err() == ctx::errc::deadline_exceeded);
+  CHECK(core.err() == ctx::errc::deadline_exceeded);
+  auto [never, stop3] = extract(ctx::background<manual>(), headers{}, inf);
+  CHECK_FALSE(never.deadline());
 }
 
 TEST_CASE("extract of a saturated grpc-timeout and no limit gives no deadline", "[propagation]") {

@@ -154,10 +154,13 @@ template <class Clock>
                                           on_error policy = on_error::cancel_rest);
 
 /// The calling thread's multi handle, made if the thread has none yet (null
-/// if curl_multi_init() fails): for curl_multi_setopt() only, e.g.
-/// CURLMOPT_MAXCONNECTS or CURLMOPT_MAX_HOST_CONNECTIONS. Do not add easy
-/// handles to it or drive it yourself. Settings are lost with
-/// thread_cleanup(), at thread exit and in a child made by fork().
+/// if curl_multi_init() fails, and once the thread's exit has cleaned it up):
+/// for curl_multi_setopt() only, e.g. CURLMOPT_MAXCONNECTS or
+/// CURLMOPT_MAX_HOST_CONNECTIONS. Do not add easy handles to it or drive it
+/// yourself. Settings are lost with thread_cleanup(), at thread exit and in
+/// a child made by fork(). A perform() from a thread_local destructor that
+/// runs after the thread's multi handle was cleaned up uses a multi handle of
+/// its own, cleaned up when it returns.
 [[nodiscard]] CURLM* thread_multi() noexcept;
 
 /// Closes the calling thread's multi handle and every connection in its
@@ -189,6 +192,14 @@ class curl_category final : public std::error_category {
   }
 };
 
+/// True once the calling thread's multi holder is destroyed (the thread is
+/// exiting). Trivially destructible, so the destructors of other thread_local
+/// objects, which may run after the holder's, can read it.
+[[nodiscard]] inline bool& this_thread_multi_gone() noexcept {
+  thread_local bool gone = false;
+  return gone;
+}
+
 /// One thread's multi handle, and whether a call on this thread is using it.
 struct thread_multi_holder {
   CURLM* multi = nullptr;
@@ -198,6 +209,8 @@ struct thread_multi_holder {
   thread_multi_holder& operator=(const thread_multi_holder&) = delete;
   ~thread_multi_holder() {
     if (multi) curl_multi_cleanup(multi);
+    multi = nullptr;
+    this_thread_multi_gone() = true;
   }
 };
 
@@ -224,9 +237,20 @@ inline void forget_multi_after_fork() noexcept { this_thread_multi_holder().mult
 }
 
 /// Marks the thread's multi handle in use for one call; refuses a nested call.
+///
+/// During thread exit, after the thread's holder is destroyed (a call from
+/// the destructor of a thread_local object constructed before it), the call
+/// gets a multi handle of its own, cleaned up when the lease goes: the
+/// thread's was cleaned up already, and keeping a new one would leak it and
+/// its connections.
 class multi_lease {
  public:
   explicit multi_lease(thread_multi_holder& h) noexcept : h_(h) {
+    if (this_thread_multi_gone()) [[unlikely]] {
+      temporary_ = owned_ = true;
+      multi_ = curl_multi_init();
+      return;
+    }
     if (h_.busy) return;
     h_.busy = true;
     owned_ = true;
@@ -235,7 +259,11 @@ class multi_lease {
   multi_lease(const multi_lease&) = delete;
   multi_lease& operator=(const multi_lease&) = delete;
   ~multi_lease() {
-    if (owned_) h_.busy = false;
+    if (temporary_) {
+      if (multi_) curl_multi_cleanup(multi_);
+    } else if (owned_) {
+      h_.busy = false;
+    }
   }
   /// CURLE_OK with multi() usable, or why not.
   [[nodiscard]] CURLcode status() const noexcept {
@@ -248,6 +276,7 @@ class multi_lease {
   thread_multi_holder& h_;
   CURLM* multi_ = nullptr;
   bool owned_ = false;
+  bool temporary_ = false;  // multi_ is this call's own (thread exit)
 };
 
 /// A multi interface error as a CURLcode, as curl_easy_perform() maps them.
@@ -409,10 +438,12 @@ std::error_code perform_all(const basic_context<Clock>& c, std::span<CURL* const
 }
 
 inline CURLM* thread_multi() noexcept {
+  if (detail::this_thread_multi_gone()) return nullptr;  // thread exit: no multi handle to keep
   return detail::acquire_thread_multi(detail::this_thread_multi_holder());
 }
 
 inline void thread_cleanup() noexcept {
+  if (detail::this_thread_multi_gone()) return;
   detail::thread_multi_holder& h = detail::this_thread_multi_holder();
   if (h.busy || !h.multi) return;
   curl_multi_cleanup(h.multi);

@@ -30,6 +30,7 @@
 
 #include <libpq-fe.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/socket.h>
 
 #include <array>
@@ -42,6 +43,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <span>
 #include <stop_token>
@@ -311,6 +313,8 @@ class waiter {
 
 /// Waiting for one cancel request to be served.
 struct cancel_state {
+  explicit cancel_state(int pid) noexcept : backend_pid(pid) {}
+  const int backend_pid;  // PQbackendPID of the cancelled connection: tells it from a new one at its address
   std::mutex m;
   std::condition_variable_any cv;
   bool done = false;
@@ -333,6 +337,12 @@ struct cancel_state {
 /// them) on threads of its own, so that the caller does not wait; remembers,
 /// per connection, the request on its way. One per process, never destroyed
 /// (a thread may still be sending when the program exits).
+///
+/// A child made by fork() has none of the parent's threads: it starts with
+/// no worker and nothing queued or pending (the parent's requests are the
+/// parent's to send, for connections the child must not use), or it would
+/// count the parent's lingering workers as its own, queue its cancels for
+/// them, and wait for them forever.
 class canceller {
  public:
   static canceller& instance() {
@@ -344,7 +354,7 @@ class canceller {
   void cancel(PGconn* conn) {
     PGcancel* pc = PQgetCancel(conn);
     if (!pc) return;  // out of memory: the next call waits for the query to end
-    auto st = std::make_shared<cancel_state>();
+    auto st = std::make_shared<cancel_state>(PQbackendPID(conn));
     {
       std::lock_guard lock(m_);
       pending_[conn] = st;
@@ -371,14 +381,38 @@ class canceller {
     return pending_count_.load(std::memory_order_acquire) != 0;
   }
 
-  /// The cancel request on its way for `conn`, or null.
+  /// The cancel request on its way for `conn`, or null. Requests are
+  /// remembered by address, and a connection closed right after its call was
+  /// cancelled may have left its address to a new one (malloc reuses it at
+  /// once): a request for a different server process is not this one's.
   [[nodiscard]] std::shared_ptr<cancel_state> pending(PGconn* conn) {
     std::lock_guard lock(m_);
     const auto it = pending_.find(conn);
-    return it == pending_.end() ? nullptr : it->second;
+    if (it == pending_.end() || it->second->backend_pid != PQbackendPID(conn)) return nullptr;
+    return it->second;
   }
 
  private:
+  canceller() {
+    // fork() never copies m_ locked by another thread: the child could not unlock it.
+    (void)::pthread_atfork([] { instance().m_.lock(); }, [] { instance().m_.unlock(); },
+                           [] { instance().forget_after_fork(); });
+  }
+
+  /// pthread_atfork child handler, with m_ held by this thread. The parent's
+  /// jobs, pending states and condition variables (which may count waiters
+  /// that do not exist here: destroying or notifying them could block) are
+  /// abandoned, not destroyed: a few hundred bytes leaked in the child.
+  void forget_after_fork() noexcept {
+    ::new (static_cast<void*>(&cv_)) std::condition_variable();
+    ::new (static_cast<void*>(&jobs_)) std::deque<job>();
+    ::new (static_cast<void*>(&pending_)) std::unordered_map<PGconn*, std::shared_ptr<cancel_state>>();
+    workers_ = 0;
+    idle_ = 0;
+    pending_count_.store(0, std::memory_order_relaxed);
+    m_.unlock();
+  }
+
   static constexpr int max_workers = 4;
   static constexpr auto linger =
       std::chrono::seconds(10);  // an idle worker waits this long for the next cancel

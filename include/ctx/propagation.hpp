@@ -219,7 +219,9 @@ std::string to_hex(const std::array<std::uint8_t, N>& a) {
   return s;
 }
 
-/// `d` in nanoseconds, rounded up (truncated if floating-point), saturated at nanoseconds::max() and min().
+/// `d` in nanoseconds, rounded up (truncated if floating-point), saturated at
+/// nanoseconds::max() and min(). A NaN is min(): already expired, as
+/// with_timeout takes a duration that is not greater than zero.
 template <class Rep, class Period>
 constexpr std::chrono::nanoseconds ceil_nanoseconds(std::chrono::duration<Rep, Period> d) noexcept {
   using ns = std::chrono::nanoseconds;
@@ -228,7 +230,7 @@ constexpr std::chrono::nanoseconds ceil_nanoseconds(std::chrono::duration<Rep, P
     return d;
   } else {
     if (wide(d) >= wide(ns::max())) return ns::max();
-    if (wide(d) <= wide(ns::min())) return ns::min();
+    if (!(wide(d) > wide(ns::min()))) return ns::min();  // also NaN, which no conversion may see
     if constexpr (std::chrono::treat_as_floating_point_v<Rep>)
       return std::chrono::duration_cast<ns>(
           d);  // as with_timeout converts one: 0.1 s is 100 ms, not 100 ms + 1 ns

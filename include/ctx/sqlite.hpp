@@ -16,14 +16,20 @@
 //   statement is cleared by that step, so the cancel is lost.
 // So a call arms the interrupt when it starts a statement (the first step,
 // where counts, sorts and index builds run), and only when the connection
-// has no transaction open (autocommit mode, no read transaction: then no
-// statement that reads a table is active, and none can start, since the call
-// holds the connection's mutex, as `sqlite3_exec` does, until the stop
-// callback is gone). If the interrupt fired but the step still returned a
-// row, the row is dropped and the statement reset, so the flag cannot
-// outlive the statement. The progress handler catches what the interrupt
-// misses: a cancel in the instant before the statement starts, later steps,
-// and statements inside a transaction, which do not arm the interrupt (there
+// has no transaction open and no other active statement (autocommit mode, no
+// read transaction, and no statement stepped and not yet finished or reset:
+// a CTE left mid-iteration holds no transaction; then the flag can stop no
+// other statement, and none can start, since the call holds the connection's
+// mutex, as `sqlite3_exec` does, until the stop callback is gone). If the
+// interrupt fired but the step still returned a row, the row is dropped and
+// the statement reset, so the flag cannot outlive the statement. Looking
+// for an active statement costs about 20 ns per prepared statement of the
+// connection, so a connection with more than 16 is not looked at and its
+// calls never arm the interrupt. The progress handler catches what the
+// interrupt misses: a cancel in the instant before the statement starts,
+// later steps, statements started while another is active or on a
+// connection with many prepared statements, and statements inside a
+// transaction, which do not arm the interrupt (there
 // a count of a whole table stops when it ends; the merge of a big sort and
 // an index build do not look at the flag either: about 20 ms to stop).
 //
@@ -265,8 +271,24 @@ struct interrupt_holder {
 
 void forget_interrupt_after_fork() noexcept;
 
+/// True once the calling thread's interrupt_holder is destroyed (the thread
+/// is exiting). Trivially destructible, so the destructors of other
+/// thread_local objects, which may run after the holder's, can read it.
+[[nodiscard]] inline bool& this_thread_interrupt_gone() noexcept {
+  thread_local bool gone = false;
+  return gone;
+}
+
+/// The holder of the calling thread, which records its own destruction: a
+/// callback armed after it could not be destroyed (and waited for) by
+/// anyone, and a cancelling thread returning through it would write to the
+/// exited thread's memory.
+struct thread_interrupt_holder : interrupt_holder {
+  ~thread_interrupt_holder() { this_thread_interrupt_gone() = true; }
+};
+
 [[nodiscard]] inline interrupt_holder& this_thread_interrupt() noexcept {
-  thread_local interrupt_holder h;
+  thread_local thread_interrupt_holder h;
   static const bool at_fork = ::pthread_atfork(nullptr, nullptr, &forget_interrupt_after_fork) == 0;
   (void)at_fork;
   return h;
@@ -376,11 +398,31 @@ class db_lock {
 };
 
 /// True if no statement of `db` that reads a table can be active: autocommit
-/// mode and no read transaction. Then sqlite3_interrupt stops only the
-/// caller's statement (one that reads no table, such as `select 1` left
-/// mid-iteration, would be stopped too). Call with the connection's mutex held.
+/// mode and no read transaction. Call with the connection's mutex held.
 [[nodiscard]] inline bool no_transaction(sqlite3* db) noexcept {
   return sqlite3_get_autocommit(db) != 0 && sqlite3_txn_state(db, nullptr) == SQLITE_TXN_NONE;
+}
+
+/// How many prepared statements of a connection interrupt_is_private()
+/// looks at before it gives up and leaves the interrupt unarmed.
+inline constexpr int interrupt_scan_limit = 16;
+
+/// True if sqlite3_interrupt on `db` can stop no statement but the one the
+/// caller starts: no transaction is open, and no statement is active (one
+/// that reads no table, a CTE or `select 1 union all ...` left
+/// mid-iteration, holds no transaction, yet the connection's interrupt flag
+/// would stop it: SQLite clears the flag only when no statement is active,
+/// so it would outlive the caller's statement and stop that one at its next
+/// step). Call with the connection's mutex held. Each prepared statement
+/// looked at costs about 20 ns (sqlite3_next_stmt enters the mutex), so a
+/// connection with more than interrupt_scan_limit of them is not scanned
+/// and gets false: its calls are stopped by the progress handler alone.
+[[nodiscard]] inline bool interrupt_is_private(sqlite3* db) noexcept {
+  if (!no_transaction(db)) return false;
+  int n = 0;
+  for (sqlite3_stmt* p = sqlite3_next_stmt(db, nullptr); p; p = sqlite3_next_stmt(db, p))
+    if (++n > interrupt_scan_limit || sqlite3_stmt_busy(p)) return false;
+  return true;
 }
 
 /// Runs `steps()` with sqlite3_interrupt armed for the context of call `k`
@@ -389,6 +431,11 @@ class db_lock {
 /// this returns, the callback no longer touches the connection.
 template <class Steps>
 int interruptible(const call_base& k, sqlite3* db, bool& fired, Steps&& steps) noexcept {
+  // During thread exit, after the holder is gone (a call from the destructor
+  // of a thread_local object constructed before it): no interrupt; the
+  // progress handler stops the statement.
+  if (this_thread_interrupt_gone()) [[unlikely]]
+    return steps();
   interrupt_holder& h = this_thread_interrupt();
   try {
     if (!h.arm(db, k.token())) return steps();
@@ -405,7 +452,7 @@ int interruptible(const call_base& k, sqlite3* db, bool& fired, Steps&& steps) n
 /// fired becomes SQLITE_INTERRUPT: the row is dropped and the statement
 /// reset, so the connection's flag is cleared by its next statement.
 inline int first_step(const call_base& k, sqlite3* db, sqlite3_stmt* s) noexcept {
-  if (!no_transaction(db)) return sqlite3_step(s);
+  if (!interrupt_is_private(db)) return sqlite3_step(s);
   bool fired = false;
   int rc = interruptible(k, db, fired, [s] { return sqlite3_step(s); });
   if (fired && rc == SQLITE_ROW) {
@@ -520,7 +567,7 @@ std::error_code exec(const basic_context<Clock>& c, sqlite3* db, std::string_vie
   std::error_code e;
   {
     detail::call<Clock> k(c);
-    e = detail::exec_in(c, &k, detail::no_transaction(db), db, sql);
+    e = detail::exec_in(c, &k, detail::interrupt_is_private(db), db, sql);
   }
   // Cut short inside a transaction this call began: undo it. The call is
   // over, so the progress handler no longer sees the done context.

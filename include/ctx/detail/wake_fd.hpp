@@ -62,14 +62,33 @@ struct wake_fd_holder {
   wake_fd_holder(const wake_fd_holder&) = delete;
   wake_fd_holder& operator=(const wake_fd_holder&) = delete;
   ~wake_fd_holder() {
-    this_thread_wake_fd_holder_made = nullptr;
     cb.reset();  // waits for a callback still returning on another thread
     if (fd >= 0) ::close(fd);
+    fd = -1;
+  }
+};
+
+/// True once the calling thread's holder is destroyed (the thread is
+/// exiting). Trivially destructible, so the destructors of other
+/// thread_local objects, which may run after the holder's, can read it.
+[[nodiscard]] inline bool& this_thread_wake_fd_gone() noexcept {
+  thread_local bool gone = false;
+  return gone;
+}
+
+/// The holder of the calling thread, which records its own destruction.
+struct thread_wake_fd_holder : wake_fd_holder {
+  thread_wake_fd_holder() = default;
+  thread_wake_fd_holder(const thread_wake_fd_holder&) = delete;
+  thread_wake_fd_holder& operator=(const thread_wake_fd_holder&) = delete;
+  ~thread_wake_fd_holder() {
+    this_thread_wake_fd_holder_made = nullptr;  // the fork handler no longer touches it
+    this_thread_wake_fd_gone() = true;
   }
 };
 
 [[nodiscard]] inline wake_fd_holder& this_thread_wake_fd_holder() noexcept {
-  thread_local wake_fd_holder h;
+  thread_local thread_wake_fd_holder h;
   this_thread_wake_fd_holder_made = &h;
   return h;
 }
@@ -125,16 +144,28 @@ inline const bool wake_fd_fork_handler_registered =
 /// While a wake_guard lives, a stop request on the token makes fd() readable.
 /// When the token can never be stopped, no eventfd is used and fd() is -1.
 /// Not copyable or movable; at most one per thread at a time.
+///
+/// During thread exit, after the thread's holder is destroyed (a call from
+/// the destructor of a thread_local object constructed before it), the guard
+/// makes an eventfd of its own, closed when the guard goes: the thread's was
+/// closed, and its number may belong to a file opened since, which the stop
+/// callback would write to.
 class wake_guard {
  public:
   explicit wake_guard(const std::stop_token& token) noexcept {
     if (!token.stop_possible()) return;
-    fd_ = thread_wake_fd();
+    if (this_thread_wake_fd_gone()) [[unlikely]] {
+      own_.emplace();
+      own_->fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+      fd_ = own_->fd;
+    } else {
+      fd_ = thread_wake_fd();
+    }
     if (fd_ < 0) {
       error_ = std::error_code(errno, std::system_category());
       return;
     }
-    h_ = &this_thread_wake_fd_holder();
+    h_ = own_ ? &*own_ : &this_thread_wake_fd_holder();
     h_->cb.reset();  // the last operation's, which returned long ago: no wait
     h_->fired.store(false, std::memory_order_relaxed);
     // Runs inline here when stop was already requested.
@@ -170,7 +201,8 @@ class wake_guard {
 
   int fd_ = -1;
   std::error_code error_;
-  wake_fd_holder* h_ = nullptr;  // null when nothing was armed
+  wake_fd_holder* h_ = nullptr;        // null when nothing was armed
+  std::optional<wake_fd_holder> own_;  // during thread exit only; destroyed after ~wake_guard's body
 };
 
 /// How a wait on an fd ended.
