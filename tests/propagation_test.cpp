@@ -413,6 +413,28 @@ TEST_CASE("extract with a floating-point limit that is NaN or infinite saturates
   CHECK_FALSE(never.deadline());
 }
 
+// Regression: std::chrono::ceil multiplies count * num before dividing, so
+// 1e10 thirds of a second (about 105 years) came out negative: extract() with
+// that limit was born expired, and inject() sent 1n for such a deadline.
+TEST_CASE("a limit or deadline of about 105 years in thirds of a second converts exactly", "[propagation]") {
+  using third = std::chrono::duration<std::int64_t, std::ratio<1, 3>>;
+  using ctx::propagation::detail::ceil_nanoseconds;
+  CHECK(ceil_nanoseconds(third(10'000'000'000)) == ns(3'333'333'333'333'333'334));    // rounded up
+  CHECK(ceil_nanoseconds(third(-10'000'000'000)) == ns(-3'333'333'333'333'333'333));  // toward zero
+  CHECK(ceil_nanoseconds(third(1)) == ns(333'333'334));
+  CHECK(ceil_nanoseconds(std::chrono::hours::max()) == ns::max());
+  CHECK(ceil_nanoseconds(std::chrono::hours::min()) == ns::min());
+  auto [c, cancel] = extract(ctx::background<manual>(), headers{}, third(10'000'000'000));
+  CHECK_FALSE(c.done());
+  REQUIRE(c.deadline());
+  CHECK(left(c) == ns(3'333'333'333'333'333'334));
+  const auto sent = injected(c).get("grpc-timeout");
+  REQUIRE(sent);
+  const auto decoded = ctx::propagation::decode_grpc_timeout(*sent);
+  REQUIRE(decoded);
+  CHECK(*decoded >= ns(3'333'333'333'333'333'334));  // not "1n": the time left, rounded up
+}
+
 TEST_CASE("extract of a saturated grpc-timeout and no limit gives no deadline", "[propagation]") {
   headers h;
   h.set("grpc-timeout", "99999999H");

@@ -306,6 +306,12 @@ struct wake_multi {
 template <class Clock>
 std::error_code drive(const basic_context<Clock>& c, CURLM* multi, std::span<CURL* const> easies,
                       std::span<std::error_code> results, std::span<bool> running, bool cancel_rest) {
+  // First, since c.stop_token() may throw std::bad_alloc (the context's stop
+  // state is made on first use): then no handle has been added yet.
+  std::optional<std::stop_callback<wake_multi>> wake;
+  if (const std::stop_token token = c.stop_token(); token.stop_possible())
+    wake.emplace(token, wake_multi{multi});
+
   const std::size_t n = easies.size();
   for (std::size_t i = 0; i < n; ++i) {
     CURLMcode mc = CURLM_BAD_EASY_HANDLE;
@@ -339,10 +345,6 @@ std::error_code drive(const basic_context<Clock>& c, CURLM* multi, std::span<CUR
   auto fail = [&](std::error_code e) noexcept {
     if (!first) first = e;
   };
-
-  std::optional<std::stop_callback<wake_multi>> wake;
-  if (const std::stop_token token = c.stop_token(); token.stop_possible())
-    wake.emplace(token, wake_multi{multi});
 
   while (left > 0) {
     // The context first: once it is done, curl is not asked to move more data.

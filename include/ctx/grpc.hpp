@@ -358,7 +358,8 @@ std::error_code error(const basic_context<Clock>& c, const ::grpc::Status& s) no
   if (code == ::grpc::StatusCode::CANCELLED || code == ::grpc::StatusCode::DEADLINE_EXCEEDED) {
     if (const std::error_code e = c.err()) return e;
     if (code == ::grpc::StatusCode::DEADLINE_EXCEEDED && c.deadline() &&
-        c.remaining() <= std::chrono::milliseconds(2))
+        std::chrono::duration<double>(c.remaining()) <=
+            std::chrono::milliseconds(2))  // no overflow on any tick
       return errc::deadline_exceeded;
   }
   return {static_cast<int>(code), category()};
@@ -417,7 +418,7 @@ server_call<Clock>::server_call(const ::grpc::ServerContextBase& sc, const basic
     const ns call = detail::to_nanoseconds(left);
     timeout = std::min(timeout, call);
     if (call > ns::zero() && call < std::chrono::hours(24 * 365)) {
-      client_deadline_ = Clock::now() + std::chrono::ceil<typename Clock::duration>(call);
+      client_deadline_ = ctx::detail::deadline_after(Clock::now(), call);  // exact, saturated
       near_ = std::chrono::ceil<typename Clock::duration>(std::chrono::milliseconds(10) + call / 100);
     }
   }

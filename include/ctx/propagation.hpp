@@ -221,21 +221,30 @@ std::string to_hex(const std::array<std::uint8_t, N>& a) {
 
 /// `d` in nanoseconds, rounded up (truncated if floating-point), saturated at
 /// nanoseconds::max() and min(). A NaN is min(): already expired, as
-/// with_timeout takes a duration that is not greater than zero.
+/// with_timeout takes a duration that is not greater than zero. An integral
+/// count is scaled exactly (std::chrono::ceil multiplies count * num before
+/// dividing, which overflows: 1e10 thirds of a second came out negative). A
+/// floating-point one is truncated: a limit of 0.1 s is 100 ms, not 100 ms
+/// and 1 ns (with_timeout rounds it up instead, so that it never fires early).
 template <class Rep, class Period>
-constexpr std::chrono::nanoseconds ceil_nanoseconds(std::chrono::duration<Rep, Period> d) noexcept {
+std::chrono::nanoseconds ceil_nanoseconds(std::chrono::duration<Rep, Period> d) noexcept {
   using ns = std::chrono::nanoseconds;
-  using wide = std::chrono::duration<long double, std::nano>;
   if constexpr (std::is_same_v<std::chrono::duration<Rep, Period>, ns>) {
     return d;
-  } else {
+  } else if constexpr (std::chrono::treat_as_floating_point_v<Rep>) {
+    using wide = std::chrono::duration<long double, std::nano>;
     if (wide(d) >= wide(ns::max())) return ns::max();
     if (!(wide(d) > wide(ns::min()))) return ns::min();  // also NaN, which no conversion may see
-    if constexpr (std::chrono::treat_as_floating_point_v<Rep>)
-      return std::chrono::duration_cast<ns>(
-          d);  // as with_timeout converts one: 0.1 s is 100 ms, not 100 ms + 1 ns
-    else
-      return std::chrono::ceil<ns>(d);
+    return std::chrono::duration_cast<ns>(d);
+  } else {
+    const ctx::detail::scaled_count s = ctx::detail::ceil_scale<std::nano>(d);
+    constexpr auto top = static_cast<std::uint64_t>(ns::max().count());  // |min()| is top + 1
+    if (s.negative) {
+      if (s.kind == ctx::detail::scaled_count::huge || s.magnitude > top) return ns::min();
+      return ns(-static_cast<std::int64_t>(s.magnitude));
+    }
+    if (s.kind == ctx::detail::scaled_count::huge || s.magnitude >= top) return ns::max();
+    return ns(static_cast<std::int64_t>(s.magnitude));
   }
 }
 
