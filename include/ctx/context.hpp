@@ -25,6 +25,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "detail/inspect_registry.hpp"
 #include "detail/node.hpp"
 #include "detail/time_arith.hpp"
 #include "detail/timer_service.hpp"
@@ -225,6 +226,8 @@ class cancel_handle {
   explicit cancel_handle(detail::cancel_node* adopted) noexcept : n_(adopted) {}
   void reset() noexcept {
     if (detail::cancel_node* n = std::exchange(n_, nullptr)) {
+      if (n->insp.load(std::memory_order_relaxed)) [[unlikely]]
+        detail::insp::note_handle_dropped(n);
       detail::cancel(n, errc::canceled, &detail::no_error());
       detail::release(n);
     }
@@ -311,23 +314,30 @@ struct access {
 
 /// `now`, when given, is a clock reading taken just before `when` was
 /// computed (with_timeout's), so the born-done check needs no second read.
-template <class Clock>
-derived<Clock> derive_deadline(const basic_context<Clock>& parent, typename Clock::time_point when,
-                               const std::error_code& cause,
-                               const typename Clock::time_point* now = nullptr) {
+template <class Clock, bool Tracked>
+derived<Clock> derive_deadline_as(const basic_context<Clock>& parent, typename Clock::time_point when,
+                                  const std::error_code& cause, inspect::kind k, source_location site,
+                                  const typename Clock::time_point* now = nullptr) {
   node* p = access::of(parent);
+  insp::record* rec = nullptr;
   if (p->dl && static_cast<const deadline_node<Clock>*>(p->dl)->when <= when) {
     auto* n = new plain_cancel_node(node_kind::inherited_deadline, p, p->dl);
+    if constexpr (Tracked) rec = insp::begin(n, p, k, site, &insp::clock_ops_of<Clock>);
     acquire(p);
     auto result = access::make_derived<Clock>(n);
     link_to_parent(n);
+    if constexpr (Tracked) insp::finish(rec);
     return result;
   }
   auto* n = new deadline_node<Clock>(p, when);
+  if constexpr (Tracked) rec = insp::begin(n, p, k, site, &insp::clock_ops_of<Clock>);
   acquire(p);
   n->cause_ = cause;  // recorded as the cause only if the deadline fires
   auto result = access::make_derived<Clock>(n);
-  if (!link_to_parent(n)) return result;  // born done: the parent's err and cause
+  if (!link_to_parent(n)) {  // born done: the parent's err and cause
+    if constexpr (Tracked) insp::finish(rec);
+    return result;
+  }
   if (when <= (now ? *now : Clock::now())) {
     cancel(n, errc::deadline_exceeded, nullptr);
   } else if (when != Clock::time_point::max()) {
@@ -344,7 +354,64 @@ derived<Clock> derive_deadline(const basic_context<Clock>& parent, typename Cloc
     if constexpr (manual_timers<Clock>)
       if (when <= Clock::now()) cancel(n, errc::deadline_exceeded, nullptr);
   }
+  if constexpr (Tracked) insp::finish(rec);
   return result;
+}
+
+/// Derivations are written once, instantiated twice: untracked (inspection
+/// off, the hot path, which pays only insp::wanted's two loads) and tracked.
+template <class Clock>
+derived<Clock> derive_deadline(const basic_context<Clock>& parent, typename Clock::time_point when,
+                               const std::error_code& cause, inspect::kind k, source_location site,
+                               const typename Clock::time_point* now = nullptr) {
+  if (insp::wanted(access::of(parent))) [[unlikely]]
+    return derive_deadline_as<Clock, true>(parent, when, cause, k, site, now);
+  return derive_deadline_as<Clock, false>(parent, when, cause, k, site, now);
+}
+
+template <class Clock, bool Tracked>
+derived<Clock> derive_cancel(node* p, source_location site) {
+  auto* n = new plain_cancel_node(node_kind::cancel, p, p->dl);
+  insp::record* rec = nullptr;
+  if constexpr (Tracked)
+    rec = insp::begin(n, p, inspect::kind::with_cancel, site, &insp::clock_ops_of<Clock>);
+  acquire(p);
+  auto result = access::make_derived<Clock>(n);
+  link_to_parent(n);
+  if constexpr (Tracked) insp::finish(rec);
+  return result;
+}
+
+template <class Clock, bool Tracked>
+derived<Clock> derive_stop_token(node* p, std::stop_token& token, source_location site) {
+  auto* n = new stop_token_node(p);
+  insp::record* rec = nullptr;
+  if constexpr (Tracked)
+    rec = insp::begin(n, p, inspect::kind::with_stop_token, site, &insp::clock_ops_of<Clock>);
+  acquire(p);
+  auto result = access::make_derived<Clock>(n);
+  if (link_to_parent(n) && token.stop_possible())
+    n->reg.emplace(std::move(token), stop_token_node::on_stop{n});
+  if constexpr (Tracked) insp::finish(rec);
+  return result;
+}
+
+template <class Clock, bool Tracked, class T, class U>
+basic_context<Clock> derive_value(node* p, const key<T>& k, U&& value, source_location site) {
+  auto* n = new value_node<T>(p, &k, k.name(), static_cast<U&&>(value));
+  if constexpr (Tracked)
+    insp::finish(insp::begin(n, p, inspect::kind::with_value, site, &insp::clock_ops_of<Clock>));
+  acquire(p);
+  return access::adopt<Clock>(n);
+}
+
+template <class Clock, bool Tracked>
+basic_context<Clock> derive_detach(node* p, source_location site) {
+  auto* n = new detach_node(p);
+  if constexpr (Tracked)
+    insp::finish(insp::begin(n, p, inspect::kind::without_cancel, site, &insp::clock_ops_of<Clock>));
+  acquire(p);
+  return access::adopt<Clock>(n);
 }
 
 template <class F>
@@ -368,13 +435,12 @@ basic_context<Clock> todo() noexcept {
 /// A child of a done parent is born done with the parent's err and cause.
 /// Allocates one node; throws std::bad_alloc.
 template <class Clock>
-[[nodiscard]] derived<Clock> with_cancel(const basic_context<Clock>& parent) {
+[[nodiscard]] derived<Clock> with_cancel(const basic_context<Clock>& parent,
+                                         source_location site = source_location::current()) {
   detail::node* p = detail::access::of(parent);
-  auto* n = new detail::plain_cancel_node(detail::node_kind::cancel, p, p->dl);
-  detail::acquire(p);
-  auto result = detail::access::make_derived<Clock>(n);
-  detail::link_to_parent(n);
-  return result;
+  if (detail::insp::wanted(p)) [[unlikely]]
+    return detail::derive_cancel<Clock, true>(p, site);
+  return detail::derive_cancel<Clock, false>(p, site);
 }
 
 /// A child that is also done, with `errc::deadline_exceeded`, at `d`.
@@ -392,8 +458,10 @@ template <class Clock>
 template <class Clock, class Duration>
 [[nodiscard]] derived<Clock> with_deadline(const basic_context<Clock>& parent,
                                            std::chrono::time_point<Clock, Duration> d,
-                                           std::error_code cause = {}) {
-  return detail::derive_deadline(parent, detail::ceil_time_point<typename Clock::time_point>(d), cause);
+                                           std::error_code cause = {},
+                                           source_location site = source_location::current()) {
+  return detail::derive_deadline(parent, detail::ceil_time_point<typename Clock::time_point>(d), cause,
+                                 inspect::kind::with_deadline, site);
 }
 
 /// Rejected at compile time: a deadline on another clock than the context's.
@@ -401,7 +469,8 @@ template <class Clock, class Duration>
 /// so ctx does not convert silently; the static_assert says how to do it.
 template <class Clock, class OtherClock, class Duration>
 requires(!std::same_as<Clock, OtherClock>) derived<Clock> with_deadline(
-    const basic_context<Clock>&, std::chrono::time_point<OtherClock, Duration>, std::error_code = {}) {
+    const basic_context<Clock>&, std::chrono::time_point<OtherClock, Duration>, std::error_code = {},
+    source_location = source_location::current()) {
   static_assert(std::same_as<Clock, OtherClock>,
                 "ctx::with_deadline: the deadline is a time point of another clock than the context's. "
                 "Convert it to the context's clock first (for a duration from now: "
@@ -418,46 +487,47 @@ requires(!std::same_as<Clock, OtherClock>) derived<Clock> with_deadline(
 /// it never fires.
 template <class Clock, class Rep, class Period>
 [[nodiscard]] derived<Clock> with_timeout(const basic_context<Clock>& parent,
-                                          std::chrono::duration<Rep, Period> t, std::error_code cause = {}) {
+                                          std::chrono::duration<Rep, Period> t, std::error_code cause = {},
+                                          source_location site = source_location::current()) {
   const typename Clock::time_point now = Clock::now();
-  return detail::derive_deadline(parent, detail::deadline_after(now, t), cause, &now);
+  return detail::derive_deadline(parent, detail::deadline_after(now, t), cause, inspect::kind::with_timeout,
+                                 site, &now);
 }
 
 /// A child that is also done (with `errc::canceled`) when stop is requested
 /// on `token`. If stop was requested already, the child is born done.
 /// Throws std::bad_alloc.
 template <class Clock>
-[[nodiscard]] derived<Clock> with_stop_token(const basic_context<Clock>& parent, std::stop_token token) {
+[[nodiscard]] derived<Clock> with_stop_token(const basic_context<Clock>& parent, std::stop_token token,
+                                             source_location site = source_location::current()) {
   detail::node* p = detail::access::of(parent);
-  auto* n = new detail::stop_token_node(p);
-  detail::acquire(p);
-  auto result = detail::access::make_derived<Clock>(n);
-  if (detail::link_to_parent(n) && token.stop_possible())
-    n->reg.emplace(std::move(token), detail::stop_token_node::on_stop{n});
-  return result;
+  if (detail::insp::wanted(p)) [[unlikely]]
+    return detail::derive_stop_token<Clock, true>(p, token, site);
+  return detail::derive_stop_token<Clock, false>(p, token, site);
 }
 
 /// A child that carries `value` under `k`, and everything else of `parent`.
 /// Lookups find the nearest value for a key. Throws what T's constructor throws, or std::bad_alloc.
 template <class Clock, class T, class U>
 requires std::constructible_from<T, U&&>
-[[nodiscard]] basic_context<Clock> with_value(const basic_context<Clock>& parent, const key<T>& k,
-                                              U&& value) {
+[[nodiscard]] basic_context<Clock> with_value(const basic_context<Clock>& parent, const key<T>& k, U&& value,
+                                              source_location site = source_location::current()) {
   detail::node* p = detail::access::of(parent);
-  auto* n = new detail::value_node<T>(p, &k, k.name(), static_cast<U&&>(value));
-  detail::acquire(p);
-  return detail::access::adopt<Clock>(n);
+  if (detail::insp::wanted(p)) [[unlikely]]
+    return detail::derive_value<Clock, true>(p, k, static_cast<U&&>(value), site);
+  return detail::derive_value<Clock, false>(p, k, static_cast<U&&>(value), site);
 }
 
 /// A child that keeps `parent`'s values but is never done and has no
 /// deadline: for work that must outlive the request (give it its own timeout).
 /// Throws std::bad_alloc.
 template <class Clock>
-[[nodiscard]] basic_context<Clock> without_cancel(const basic_context<Clock>& parent) {
+[[nodiscard]] basic_context<Clock> without_cancel(const basic_context<Clock>& parent,
+                                                  source_location site = source_location::current()) {
   detail::node* p = detail::access::of(parent);
-  auto* n = new detail::detach_node(p);
-  detail::acquire(p);
-  return detail::access::adopt<Clock>(n);
+  if (detail::insp::wanted(p)) [[unlikely]]
+    return detail::derive_detach<Clock, true>(p, site);
+  return detail::derive_detach<Clock, false>(p, site);
 }
 
 template <class Clock, class F>

@@ -58,6 +58,7 @@ struct node {
         refs(1),
         kind(k),
         is_static(statically_allocated),
+        insp(0),
         parent(p),
         canc(c),
         dl(d),
@@ -67,6 +68,9 @@ struct node {
   std::atomic<std::uint32_t> refs;
   node_kind kind;
   bool is_static;
+  // Inspection (detail/inspect_registry.hpp): 0 for an untracked node. Sits in
+  // what was padding, so the node does not grow.
+  std::atomic<std::uint8_t> insp;
   node* parent;             // owns a reference; nullptr for roots
   cancel_node* canc;        // nearest cancelable node, self included; nullptr if none
   const node* dl;           // node that holds the effective deadline; nullptr if none
