@@ -31,7 +31,11 @@ struct inspection {
   inspection& operator=(const inspection&) = delete;
 };
 
-std::int64_t heap_in_use() { return static_cast<std::int64_t>(mallinfo2().uordblks); }
+/// Bytes glibc hands out: small chunks plus mmap'd large blocks (a big vector).
+std::int64_t heap_in_use() {
+  const struct mallinfo2 m = mallinfo2();
+  return static_cast<std::int64_t>(m.uordblks + m.hblkhd);
+}
 
 double peak_rss_mib() {
   rusage u{};
@@ -39,25 +43,28 @@ double peak_rss_mib() {
   return static_cast<double>(u.ru_maxrss) / 1024.0;
 }
 
-// Arg 0: inspection off, 1: on.
+/// The shared parents: one made with inspection off, one tracked (every
+/// context derived from a tracked one is tracked, whatever the switch says).
+const ctx::context& shared_parent(bool tracked) {
+  static const auto untracked = ctx::with_cancel(ctx::background());
+  static const auto made_tracked = [] {
+    ctx::inspect::enable();
+    auto d = ctx::with_cancel(ctx::background());
+    ctx::inspect::enable(false);
+    return d;
+  }();
+  return tracked ? made_tracked.context : untracked.context;
+}
+
+// Arg 0: inspection off, 1: on. Every thread derives from the same parent:
+// the contended case (its reference count; when on, its record's count of children).
 void BM_with_cancel_inspect(benchmark::State& state) {
-  static std::unique_ptr<ctx::derived<std::chrono::steady_clock>> root;
-  if (state.thread_index() == 0) {
-    ctx::inspect::enable(state.range(0) != 0);
-    root = std::make_unique<ctx::derived<std::chrono::steady_clock>>(ctx::with_cancel(ctx::background()));
-  }
-  // Every thread derives from the same parent: the contended case when on.
-  static std::atomic<int> ready{0};
-  ready.fetch_add(1);
-  while (ready.load() % state.threads() != 0) {
-  }
-  const ctx::context parent = root->context;
+  const ctx::context parent = shared_parent(state.range(0) != 0);
   for (auto _ : state) {
     auto [c, cancel] = ctx::with_cancel(parent);
     cancel();
     benchmark::DoNotOptimize(c);
   }
-  if (state.thread_index() == 0) ctx::inspect::enable(false);
 }
 BENCHMARK(BM_with_cancel_inspect)->Arg(0)->Arg(1)->Threads(1)->Threads(2)->Threads(4)->UseRealTime();
 
@@ -123,6 +130,8 @@ void BM_live_1m(benchmark::State& state) {
   state.counters["heap_B_per_tracked_ctx"] = tracked_bytes;  // node + record + table slot + timer slot
   state.counters["snapshot_B_per_ctx"] = snapshot_bytes;
   state.counters["peak_rss_MiB"] = peak_rss_mib();
+  state.counters["sizeof_record"] = sizeof(ctx::detail::insp::record);
+  state.counters["sizeof_context_info"] = sizeof(ctx::inspect::context_info);
   (void)heap0;
 }
 BENCHMARK(BM_live_1m)->Unit(benchmark::kMillisecond)->Iterations(3);
