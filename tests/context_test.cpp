@@ -17,9 +17,9 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/common.hpp"
 
 using namespace std::chrono_literals;
-using manual = ctx::testing::manual_clock;
 using mcontext = ctx::basic_context<manual>;
 
 namespace {
@@ -33,9 +33,6 @@ const std::error_code C = std::make_error_code(std::errc::connection_reset);
 const std::error_code T = std::make_error_code(std::errc::timed_out);
 const std::error_code F = std::make_error_code(std::errc::io_error);
 constexpr auto forever = std::chrono::seconds(1'000'000);
-
-const std::error_code canceled = ctx::errc::canceled;
-const std::error_code deadline_exceeded = ctx::errc::deadline_exceeded;
 
 }  // namespace
 

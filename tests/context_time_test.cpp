@@ -24,9 +24,9 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/common.hpp"
 
 using namespace std::chrono_literals;
-using manual = ctx::testing::manual_clock;
 
 #if defined(__SIZEOF_INT128__)
 

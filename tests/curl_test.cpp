@@ -32,18 +32,16 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/common.hpp"
 #include "support/http_server.hpp"
 #include "support/latency.hpp"
 #include "support/posix_helpers.hpp"
 
 using namespace std::chrono_literals;
-using manual = ctx::testing::manual_clock;
 using steady = std::chrono::steady_clock;
 
 namespace {
 
-const std::error_code canceled = ctx::errc::canceled;
-const std::error_code deadline_exceeded = ctx::errc::deadline_exceeded;
 std::error_code curl_error(CURLcode e) { return ctx::curl::make_error_code(e); }
 
 /// libcurl's global state for the whole program; the main thread's multi

@@ -10,9 +10,9 @@
 #include <system_error>
 
 #include "support/catch.hpp"
+#include "support/common.hpp"
 
 using namespace std::chrono_literals;
-using manual = ctx::testing::manual_clock;
 
 namespace {
 inline constexpr ctx::key<std::string> trace_id{"trace_id"};

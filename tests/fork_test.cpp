@@ -34,14 +34,11 @@
 #include <thread>
 
 #include "support/catch.hpp"
+#include "support/common.hpp"
 
 using namespace std::chrono_literals;
-using manual = ctx::testing::manual_clock;
 
 namespace {
-
-const std::error_code canceled = ctx::errc::canceled;
-const std::error_code deadline_exceeded = ctx::errc::deadline_exceeded;
 
 constexpr int timed_out = -1;
 constexpr int killed_by_signal = -2;
@@ -165,7 +162,7 @@ int child_of_a_parent_holding_a_contexts_lock_fires_its_own_deadlines() {
   std::latch locked(1);
   std::latch release(1);
   std::thread holder([&] {
-    ctx::detail::cancel_node* n = ctx::detail::access::of(d.context)->canc;
+    ctx::detail::cancel_node* n = ctx::detail::access::of(d.context)->nearest_cancelable;
     n->mtx.lock();  // as a thread inside after_func() or stop_token() on `d` does, briefly
     locked.count_down();
     release.wait();

@@ -16,14 +16,9 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/common.hpp"
 
 using namespace std::chrono_literals;
-using manual = ctx::testing::manual_clock;
-
-namespace {
-const std::error_code canceled = ctx::errc::canceled;
-const std::error_code deadline_exceeded = ctx::errc::deadline_exceeded;
-}  // namespace
 
 TEST_CASE("a ready future returns at once", "[future]") {
   std::promise<int> p;

@@ -24,15 +24,13 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/common.hpp"
 #include "support/query_service.hpp"
 
 using namespace std::chrono_literals;
 using ctx::propagation::traceparent;
 
 namespace {
-
-const std::error_code canceled = ctx::errc::canceled;
-const std::error_code deadline_exceeded = ctx::errc::deadline_exceeded;
 
 /// A Query server in this process and a stub to it; records the server's events.
 struct fixture {

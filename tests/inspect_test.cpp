@@ -21,9 +21,9 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/common.hpp"
 
 using namespace std::chrono_literals;
-using manual = ctx::testing::manual_clock;
 namespace inspect = ctx::inspect;
 
 namespace {
@@ -104,7 +104,7 @@ TEST_CASE("the pinned call forms compile and mean what they meant", "[inspect]")
     auto [c, hc] = ctx::with_deadline(bg, std::chrono::steady_clock::now() - 1s);
     auto [d, hd] = ctx::with_deadline(bg, std::chrono::steady_clock::now() - 1s, cause);
     auto [e, he] = ctx::with_timeout(bg, std::chrono::duration<double>(3600.0));
-    CHECK(a.err() == ctx::errc::deadline_exceeded);
+    CHECK(a.err() == deadline_exceeded);
     CHECK(b.cause() == cause);
     CHECK(c.cause() == ctx::errc::deadline_exceeded);
     CHECK(d.cause() == cause);
@@ -142,7 +142,7 @@ TEST_CASE("a done context still held by a copy is a zombie", "[inspect]") {
   REQUIRE(is_zombie_at(l));  // done, and `c` still holds it
   const auto z = made_at(l);
   CHECK(z->done);
-  CHECK(z->err == ctx::errc::canceled);
+  CHECK(z->err == canceled);
   CHECK(z->outside_refs == 1);
   CHECK(z->handle_held);
   CHECK(inspect::zombies(1h).empty());  // done for less than an hour

@@ -27,15 +27,13 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/common.hpp"
 #include "support/posix_helpers.hpp"
 
 using namespace std::chrono_literals;
-using manual = ctx::testing::manual_clock;
 
 namespace {
 
-const std::error_code canceled = ctx::errc::canceled;
-const std::error_code deadline_exceeded = ctx::errc::deadline_exceeded;
 std::error_code sys(int e) { return {e, std::system_category()}; }
 
 std::span<const std::byte> as_bytes(const char* s) { return std::as_bytes(std::span(s, std::strlen(s))); }

@@ -23,17 +23,14 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/common.hpp"
 #include "support/posix_helpers.hpp"
 
 extern char** environ;
 
 using namespace std::chrono_literals;
-using manual = ctx::testing::manual_clock;
 
 namespace {
-
-const std::error_code canceled = ctx::errc::canceled;
-const std::error_code deadline_exceeded = ctx::errc::deadline_exceeded;
 
 /// Starts argv[0] with `stdout_fd` (if >= 0) as its standard output.
 pid_t spawn(std::initializer_list<const char*> args, int stdout_fd = -1) {

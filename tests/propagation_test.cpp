@@ -15,10 +15,10 @@
 #include <system_error>
 
 #include "support/catch.hpp"
+#include "support/common.hpp"
 
 using namespace std::chrono_literals;
 using ns = std::chrono::nanoseconds;
-using manual = ctx::testing::manual_clock;
 using mcontext = ctx::basic_context<manual>;
 using ctx::propagation::decode_grpc_timeout;
 using ctx::propagation::encode_grpc_timeout;

@@ -25,19 +25,16 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/common.hpp"
 #include "support/latency.hpp"
 #include "support/posix_helpers.hpp"
 #include "support/redis_server.hpp"
 
 using namespace std::chrono_literals;
-using manual = ctx::testing::manual_clock;
 using steady = std::chrono::steady_clock;
 using ctx::redis::connection_state;
 
 namespace {
-
-const std::error_code canceled = ctx::errc::canceled;
-const std::error_code deadline_exceeded = ctx::errc::deadline_exceeded;
 
 ctx::redis::connection open(const test::redis_server& s) {
   auto conn = ctx::redis::connect_unix(ctx::background(), s.socket_path());

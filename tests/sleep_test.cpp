@@ -12,14 +12,11 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/common.hpp"
 
 using namespace std::chrono_literals;
-using manual = ctx::testing::manual_clock;
 
 namespace {
-
-const std::error_code canceled = ctx::errc::canceled;
-const std::error_code deadline_exceeded = ctx::errc::deadline_exceeded;
 
 /// Busy-waits for about `n` short steps (a few nanoseconds each).
 void spin_for(int n) {

@@ -26,16 +26,13 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/common.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace std::chrono_literals;
 using std::chrono::steady_clock;
-using manual = ctx::testing::manual_clock;
 
 namespace {
-
-const std::error_code canceled = ctx::errc::canceled;
-const std::error_code deadline_exceeded = ctx::errc::deadline_exceeded;
 
 /// Runs for many seconds (tens of millions of VM loops) unless stopped.
 constexpr std::string_view long_query =

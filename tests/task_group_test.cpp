@@ -12,13 +12,11 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/common.hpp"
 
 using namespace std::chrono_literals;
-using manual = ctx::testing::manual_clock;
 
 namespace {
-const std::error_code canceled = ctx::errc::canceled;
-const std::error_code deadline_exceeded = ctx::errc::deadline_exceeded;
 const std::error_code boom = std::make_error_code(std::errc::connection_refused);
 
 /// A task that runs until its context is done and returns the context's error.

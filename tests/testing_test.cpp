@@ -13,10 +13,10 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/common.hpp"
 #include "support/posix_helpers.hpp"
 
 using namespace std::chrono_literals;
-using manual = ctx::testing::manual_clock;
 
 namespace {
 
@@ -74,6 +74,60 @@ TEST_CASE("manual-clock contexts never start a timer thread", "[testing]") {
   CHECK(c.done());
 }
 
+namespace {
+
+/// A user's own hand-moved clock that opts in to the same timer behaviour as
+/// manual_clock through the clock trait, without ctx knowing its type.
+struct user_moved_clock {
+  using rep = std::int64_t;
+  using period = std::nano;
+  using duration = std::chrono::duration<rep, period>;
+  using time_point = std::chrono::time_point<user_moved_clock>;
+  static constexpr bool is_steady = true;
+  static constexpr bool timers_fire_on_move = true;
+
+  static time_point now() noexcept { return time_point(duration(ticks().load(std::memory_order_acquire))); }
+  static void advance(duration d) {
+    ctx::detail::timer_service<user_moved_clock>::instance().advance([d] {
+      const rep t = ticks().load(std::memory_order_relaxed) + d.count();
+      ticks().store(t, std::memory_order_release);
+      return time_point(duration(t));
+    });
+  }
+  static std::atomic<rep>& ticks() noexcept {
+    static constinit std::atomic<rep> t{0};
+    return t;
+  }
+};
+
+/// A clock that declares the trait false: it gets the timer thread.
+struct declines_moved_timers : std::chrono::steady_clock {
+  static constexpr bool timers_fire_on_move = false;
+};
+
+}  // namespace
+
+TEST_CASE("the timers_fire_on_move clock trait selects timers that fire on the moving thread", "[testing]") {
+  STATIC_REQUIRE(ctx::detail::manual_timers<manual>);
+  STATIC_REQUIRE(ctx::detail::manual_timers<user_moved_clock>);
+  STATIC_REQUIRE_FALSE(ctx::detail::manual_timers<std::chrono::steady_clock>);
+  STATIC_REQUIRE_FALSE(ctx::detail::manual_timers<std::chrono::system_clock>);
+  STATIC_REQUIRE_FALSE(ctx::detail::manual_timers<declines_moved_timers>);
+}
+
+TEST_CASE("a user clock that declares timers_fire_on_move fires its deadlines when it is moved",
+          "[testing]") {
+  auto [c, cancel] = ctx::with_timeout(ctx::background<user_moved_clock>(), 10ms);
+  std::this_thread::sleep_for(20ms);  // no timer thread: nothing fires while the clock stands still
+  CHECK_FALSE(c.done());
+  user_moved_clock::advance(9ms);
+  CHECK_FALSE(c.done());
+  user_moved_clock::advance(1ms);
+  CHECK(c.done());
+  CHECK(c.err() == deadline_exceeded);
+  CHECK(ctx::detail::timer_service<user_moved_clock>::instance().last_sleep().count == 0);
+}
+
 // Regression (issue 9, bug 6): a deadline derived while another thread moves
 // the clock past it was left pending (remaining() == 0 but not done) until
 // some later advance(): the move found no timer, the timer was inserted
@@ -85,7 +139,7 @@ TEST_CASE("manual-clock contexts never start a timer thread", "[testing]") {
 // past the deadline meanwhile.
 TEST_CASE("a deadline derived while another thread advances past it is never left pending", "[testing]") {
   auto parent = ctx::with_cancel(ctx::background<manual>());
-  ctx::detail::tiny_mutex& parent_lock = ctx::detail::access::of(parent.context)->canc->mtx;
+  ctx::detail::tiny_mutex& parent_lock = ctx::detail::access::of(parent.context)->nearest_cancelable->mtx;
   for (const bool sleep : {false, true}) {
     std::atomic<int> tid{0};
     std::optional<ctx::derived<manual>> d;

@@ -12,6 +12,9 @@
 // contexts it cancelled before its own cancel returns; a cancel that lost the
 // race does not wait for them (it cannot, without risking a deadlock when a
 // callback cancels an ancestor).
+//
+// Layout: the public API, declared and documented, comes first; its
+// definitions and the internals they use follow the "Implementation" line.
 #pragma once
 
 #include <atomic>
@@ -25,6 +28,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "detail/after_func.hpp"
 #include "detail/inspect_registry.hpp"
 #include "detail/node.hpp"
 #include "detail/time_arith.hpp"
@@ -69,58 +73,32 @@ class basic_context {
   using duration = typename Clock::duration;
 
   /// Same as `background()`.
-  basic_context() noexcept : n_(&detail::background_node) {}
-  basic_context(const basic_context& other) noexcept : n_(other.n_) { detail::acquire(n_); }
-  basic_context(basic_context&& other) noexcept : n_(std::exchange(other.n_, &detail::background_node)) {}
-  basic_context& operator=(const basic_context& other) noexcept {
-    detail::acquire(other.n_);
-    detail::release(std::exchange(n_, other.n_));
-    return *this;
-  }
-  basic_context& operator=(basic_context&& other) noexcept {
-    if (this != &other) detail::release(std::exchange(n_, std::exchange(other.n_, &detail::background_node)));
-    return *this;
-  }
-  ~basic_context() { detail::release(n_); }
+  basic_context() noexcept;
+  basic_context(const basic_context& other) noexcept;
+  basic_context(basic_context&& other) noexcept;
+  basic_context& operator=(const basic_context& other) noexcept;
+  basic_context& operator=(basic_context&& other) noexcept;
+  ~basic_context();
 
   /// True once the context is cancelled or its deadline passed. One atomic
   /// load (acquire): no lock, no clock read. Never turns false again.
-  [[nodiscard]] bool done() const noexcept {
-    const detail::cancel_node* c = n_->canc;
-    return c && (c->state.load(std::memory_order_acquire) & detail::st_done);
-  }
+  [[nodiscard]] bool done() const noexcept;
 
   /// `{}` while live; then `errc::canceled` or `errc::deadline_exceeded`, forever.
-  [[nodiscard]] std::error_code err() const noexcept {
-    const detail::cancel_node* c = n_->canc;
-    if (!c) return detail::no_error();
-    return detail::err_of_state(c->state.load(std::memory_order_acquire));
-  }
+  [[nodiscard]] std::error_code err() const noexcept;
 
   /// `{}` while live; then the cause given to the cancel that won (the
   /// handle's argument, or the deadline's), falling back to `err()` when none
   /// was given. Stable once done.
-  [[nodiscard]] std::error_code cause() const noexcept {
-    const detail::cancel_node* c = n_->canc;
-    if (!c) return detail::no_error();
-    const std::uint32_t s = c->state.load(std::memory_order_acquire);
-    if (!(s & detail::st_done)) return detail::no_error();
-    return c->cause_ ? c->cause_ : detail::err_of_state(s);
-  }
+  [[nodiscard]] std::error_code cause() const noexcept;
 
   /// The effective deadline: the earliest of this context's and its
   /// ancestors' (up to the nearest `without_cancel`); empty if none.
-  [[nodiscard]] std::optional<time_point> deadline() const noexcept {
-    if (!n_->dl) return std::nullopt;
-    return static_cast<const detail::deadline_node<Clock>*>(n_->dl)->when;
-  }
+  [[nodiscard]] std::optional<time_point> deadline() const noexcept;
 
   /// Time left until the deadline: `duration::max()` without one, zero once
   /// it has passed (even before the timer marks the context done). Reads the clock.
-  [[nodiscard]] duration remaining() const noexcept {
-    if (!n_->dl) return duration::max();
-    return detail::time_until(static_cast<const detail::deadline_node<Clock>*>(n_->dl)->when, Clock::now());
-  }
+  [[nodiscard]] duration remaining() const noexcept;
 
   /// A `std::stop_token` on which stop is requested when this context is
   /// done, before the cancel that did it returns. For a context that can
@@ -128,56 +106,30 @@ class basic_context {
   /// `stop_possible() == false`. The first call on a context allocates its
   /// stop state (as Go makes its Done channel lazily); later calls share it.
   /// Throws `std::bad_alloc` if that allocation fails.
-  [[nodiscard]] std::stop_token stop_token() const {
-    detail::cancel_node* c = n_->canc;
-    if (!c) return {};
-    detail::tiny_lock lock(c->mtx);
-    if (!c->src_.stop_possible()) {
-      c->src_ = std::stop_source();  // no callbacks on it yet: requesting stop runs no user code
-      if (detail::claim_locked(c) & detail::st_done) c->src_.request_stop();
-    }
-    return c->src_.get_token();
-  }
+  [[nodiscard]] std::stop_token stop_token() const;
 
   /// The value stored under `k` by the nearest `with_value` on the chain, or
   /// nullptr. A miss usually costs one bit test. The pointer stays valid as
   /// long as any context derived from that `with_value` lives.
   template <class T>
-  [[nodiscard]] const T* value(const key<T>& k) const noexcept {
-    if (!(n_->key_bloom & detail::key_bit(&k))) return nullptr;
-    for (const detail::node* n = n_; n; n = n->parent)
-      if (n->kind == detail::node_kind::value && static_cast<const detail::value_node_base*>(n)->key == &k)
-        return &static_cast<const detail::value_node<T>*>(n)->value;
-    return nullptr;
-  }
+  [[nodiscard]] const T* value(const key<T>& k) const noexcept;
 
   /// Throws `ctx::error` (code() == err(), with cause()) if the context is done.
-  void throw_if_done() const {
-    if (const std::error_code e = err()) throw error(e, cause());
-  }
+  void throw_if_done() const;
 
   /// Blocks the calling thread until the context is done. On a context that
   /// can never be done this blocks forever, as Go's `<-ctx.Done()` does.
-  void wait() const noexcept {
-    detail::cancel_node* c = n_->canc;
-    if (!c) {
-      static std::atomic<std::uint32_t> never{0};
-      for (;;) never.wait(0);
-    }
-    detail::wait_state(c, detail::st_done);
-  }
+  void wait() const noexcept;
 
  private:
   friend struct detail::access;
-  explicit basic_context(detail::node* adopted) noexcept : n_(adopted) {}
+  explicit basic_context(detail::node* adopted) noexcept;
   detail::node* n_;
 };
 
 /// The never-done root context.
 template <class Clock = std::chrono::steady_clock>
-[[nodiscard]] basic_context<Clock> background() noexcept {
-  return {};
-}
+[[nodiscard]] basic_context<Clock> background() noexcept;
 
 /// Same as `background()`, but says "the right context is not wired here
 /// yet" (and prints as `todo`).
@@ -198,40 +150,23 @@ template <class Clock = std::chrono::steady_clock>
 class cancel_handle {
  public:
   cancel_handle() noexcept = default;
-  cancel_handle(cancel_handle&& other) noexcept : n_(std::exchange(other.n_, nullptr)) {}
-  cancel_handle& operator=(cancel_handle&& other) noexcept {
-    if (this != &other) {
-      reset();
-      n_ = std::exchange(other.n_, nullptr);
-    }
-    return *this;
-  }
-  ~cancel_handle() { reset(); }
+  cancel_handle(cancel_handle&& other) noexcept;
+  cancel_handle& operator=(cancel_handle&& other) noexcept;
+  ~cancel_handle();
 
   /// Cancels with `errc::canceled`; cause() reports `errc::canceled` too.
-  void operator()() const noexcept {
-    if (n_) detail::cancel(n_, errc::canceled, &detail::no_error());
-  }
+  void operator()() const noexcept;
 
   /// Cancels with `errc::canceled` and records `cause` (an empty cause means canceled).
-  void operator()(std::error_code cause) const noexcept {
-    if (n_) detail::cancel(n_, errc::canceled, &cause);
-  }
+  void operator()(std::error_code cause) const noexcept;
 
   /// False for a moved-from or default-constructed handle.
-  [[nodiscard]] explicit operator bool() const noexcept { return n_ != nullptr; }
+  [[nodiscard]] explicit operator bool() const noexcept;
 
  private:
   friend struct detail::access;
-  explicit cancel_handle(detail::cancel_node* adopted) noexcept : n_(adopted) {}
-  void reset() noexcept {
-    if (detail::cancel_node* n = std::exchange(n_, nullptr)) {
-      if (n->insp.load(std::memory_order_relaxed)) [[unlikely]]
-        detail::insp::note_handle_dropped(n);
-      detail::cancel(n, errc::canceled, &detail::no_error());
-      detail::release(n);
-    }
-  }
+  explicit cancel_handle(detail::cancel_node* adopted) noexcept;
+  void reset() noexcept;
   detail::cancel_node* n_ = nullptr;
 };
 
@@ -242,6 +177,82 @@ struct derived {
   cancel_handle cancel;
 };
 
+/// A child that is done when `parent` is, or when the handle cancels it.
+/// A child of a done parent is born done with the parent's err and cause.
+/// Allocates one node; throws std::bad_alloc.
+/// `site` is where the context is made, recorded when inspection is on
+/// (<ctx/inspect.hpp>); leave it defaulted.
+template <class Clock>
+[[nodiscard]] derived<Clock> with_cancel(const basic_context<Clock>& parent,
+                                         source_location site = source_location::current());
+
+/// A child that is also done, with `errc::deadline_exceeded`, at `d`.
+///
+/// The effective deadline is min(parent's, d): when the parent's is earlier
+/// or equal, no timer is made and `cause` is unused. A deadline now or in the
+/// past makes the child born done with `deadline_exceeded`. `cause` becomes
+/// cause() only if this deadline is what ends the context. `d` may have any
+/// duration type, integral or floating-point; it is rounded up to the
+/// clock's tick (a deadline never fires early) and saturates at
+/// `time_point::min()` and `time_point::max()` (which never fires); a NaN
+/// deadline is already passed. `d` must be a time point of the context's own
+/// clock (see the overload below). Throws std::bad_alloc, or
+/// std::system_error if the timer thread cannot be started.
+/// `site` is where the context is made, recorded when inspection is on
+/// (<ctx/inspect.hpp>); leave it defaulted.
+template <class Clock, class Duration>
+[[nodiscard]] derived<Clock> with_deadline(const basic_context<Clock>& parent,
+                                           std::chrono::time_point<Clock, Duration> d,
+                                           std::error_code cause = {},
+                                           source_location site = source_location::current());
+
+/// Rejected at compile time: a deadline on another clock than the context's.
+/// Clocks need not tick together (system_clock jumps, steady_clock does not),
+/// so ctx does not convert silently; the static_assert says how to do it.
+template <class Clock, class OtherClock, class Duration>
+requires(!std::same_as<Clock, OtherClock>) derived<Clock> with_deadline(
+    const basic_context<Clock>&, std::chrono::time_point<OtherClock, Duration>, std::error_code = {},
+    source_location = source_location::current());
+
+/// `with_deadline(parent, Clock::now() + t, cause)`, saturating: `t <= 0`
+/// (and NaN) is already expired, `t` is rounded up to the clock's tick (so a
+/// floating-point `1.5ns` waits 2 ns, and a positive `t` never expires at
+/// once), and `duration::max()` or +infinity of any type never overflows:
+/// it never fires.
+/// `site` is where the context is made, recorded when inspection is on
+/// (<ctx/inspect.hpp>); leave it defaulted.
+template <class Clock, class Rep, class Period>
+[[nodiscard]] derived<Clock> with_timeout(const basic_context<Clock>& parent,
+                                          std::chrono::duration<Rep, Period> t, std::error_code cause = {},
+                                          source_location site = source_location::current());
+
+/// A child that is also done (with `errc::canceled`) when stop is requested
+/// on `token`. If stop was requested already, the child is born done.
+/// Throws std::bad_alloc.
+/// `site` is where the context is made, recorded when inspection is on
+/// (<ctx/inspect.hpp>); leave it defaulted.
+template <class Clock>
+[[nodiscard]] derived<Clock> with_stop_token(const basic_context<Clock>& parent, std::stop_token token,
+                                             source_location site = source_location::current());
+
+/// A child that carries `value` under `k`, and everything else of `parent`.
+/// Lookups find the nearest value for a key. Throws what T's constructor throws, or std::bad_alloc.
+/// `site` is where the context is made, recorded when inspection is on
+/// (<ctx/inspect.hpp>); leave it defaulted.
+template <class Clock, class T, class U>
+requires std::constructible_from<T, U&&>
+[[nodiscard]] basic_context<Clock> with_value(const basic_context<Clock>& parent, const key<T>& k, U&& value,
+                                              source_location site = source_location::current());
+
+/// A child that keeps `parent`'s values but is never done and has no
+/// deadline: for work that must outlive the request (give it its own timeout).
+/// Throws std::bad_alloc.
+/// `site` is where the context is made, recorded when inspection is on
+/// (<ctx/inspect.hpp>); leave it defaulted.
+template <class Clock>
+[[nodiscard]] basic_context<Clock> without_cancel(const basic_context<Clock>& parent,
+                                                  source_location site = source_location::current());
+
 /// An `after_func` registration: move-only; destroying it deregisters.
 ///
 /// Destroying it while the callback runs on another thread waits for the
@@ -250,15 +261,9 @@ struct derived {
 class registration {
  public:
   registration() noexcept = default;
-  registration(registration&& other) noexcept : rec_(std::exchange(other.rec_, nullptr)) {}
-  registration& operator=(registration&& other) noexcept {
-    if (this != &other) {
-      reset();
-      rec_ = std::exchange(other.rec_, nullptr);
-    }
-    return *this;
-  }
-  ~registration() { reset(); }
+  registration(registration&& other) noexcept;
+  registration& operator=(registration&& other) noexcept;
+  ~registration();
 
   /// Prevents the callback from running. True iff this call prevented it:
   /// false if it already ran or is running, or if stop() already returned
@@ -267,7 +272,7 @@ class registration {
 
  private:
   friend struct detail::access;
-  explicit registration(detail::callback_rec* rec) noexcept : rec_(rec) {}
+  explicit registration(detail::callback_rec* rec) noexcept;
   void reset() noexcept;
   detail::callback_rec* rec_ = nullptr;
 };
@@ -290,7 +295,7 @@ requires std::invocable < std::decay_t<F>
 & > [[nodiscard]] registration after_func(const basic_context<Clock>& c, F&& f);
 
 // ---------------------------------------------------------------------------
-// Implementation.
+// Implementation. Nothing below is part of the contract.
 
 namespace detail {
 
@@ -317,11 +322,11 @@ struct access {
 template <class Clock, bool Tracked>
 derived<Clock> derive_deadline_as(const basic_context<Clock>& parent, typename Clock::time_point when,
                                   const std::error_code& cause, inspect::kind k, source_location site,
-                                  const typename Clock::time_point* now = nullptr) {
+                                  const typename Clock::time_point* now) {
   node* p = access::of(parent);
   insp::record* rec = nullptr;
-  if (p->dl && static_cast<const deadline_node<Clock>*>(p->dl)->when <= when) {
-    auto* n = new plain_cancel_node(node_kind::inherited_deadline, p, p->dl);
+  if (p->deadline_holder && static_cast<const deadline_node<Clock>*>(p->deadline_holder)->when <= when) {
+    auto* n = new plain_cancel_node(node_kind::inherited_deadline, p, p->deadline_holder);
     if constexpr (Tracked) rec = insp::begin(n, p, k, site, &insp::clock_ops_of<Clock>);
     acquire(p);
     auto result = access::make_derived<Clock>(n);
@@ -371,7 +376,7 @@ derived<Clock> derive_deadline(const basic_context<Clock>& parent, typename Cloc
 
 template <class Clock, bool Tracked>
 derived<Clock> derive_cancel(node* p, source_location site) {
-  auto* n = new plain_cancel_node(node_kind::cancel, p, p->dl);
+  auto* n = new plain_cancel_node(node_kind::cancel, p, p->deadline_holder);
   insp::record* rec = nullptr;
   if constexpr (Tracked)
     rec = insp::begin(n, p, inspect::kind::with_cancel, site, &insp::clock_ops_of<Clock>);
@@ -406,71 +411,180 @@ basic_context<Clock> derive_value(node* p, const key<T>& k, U&& value, source_lo
 }
 
 template <class Clock, bool Tracked>
-basic_context<Clock> derive_detach(node* p, source_location site) {
-  auto* n = new detach_node(p);
+basic_context<Clock> derive_without_cancel(node* p, source_location site) {
+  auto* n = new without_cancel_node(p);
   if constexpr (Tracked)
     insp::finish(insp::begin(n, p, inspect::kind::without_cancel, site, &insp::clock_ops_of<Clock>));
   acquire(p);
   return access::adopt<Clock>(n);
 }
 
-template <class F>
-struct callback_impl final : callback_rec {
-  template <class G>
-  explicit callback_impl(G&& g) : f(static_cast<G&&>(g)) {
-    invoke = [](callback_rec* r) noexcept { static_cast<callback_impl*>(r)->f(); };
-    destroy = [](callback_rec* r) noexcept { delete static_cast<callback_impl*>(r); };
-  }
-  F f;
-};
-
 }  // namespace detail
+
+// basic_context
+
+template <class Clock>
+inline basic_context<Clock>::basic_context() noexcept : n_(&detail::background_node) {}
+template <class Clock>
+inline basic_context<Clock>::basic_context(const basic_context& other) noexcept : n_(other.n_) {
+  detail::acquire(n_);
+}
+template <class Clock>
+inline basic_context<Clock>::basic_context(basic_context&& other) noexcept
+    : n_(std::exchange(other.n_, &detail::background_node)) {}
+template <class Clock>
+inline basic_context<Clock>& basic_context<Clock>::operator=(const basic_context& other) noexcept {
+  detail::acquire(other.n_);
+  detail::release(std::exchange(n_, other.n_));
+  return *this;
+}
+template <class Clock>
+inline basic_context<Clock>& basic_context<Clock>::operator=(basic_context&& other) noexcept {
+  if (this != &other) detail::release(std::exchange(n_, std::exchange(other.n_, &detail::background_node)));
+  return *this;
+}
+template <class Clock>
+inline basic_context<Clock>::~basic_context() {
+  detail::release(n_);
+}
+template <class Clock>
+inline basic_context<Clock>::basic_context(detail::node* adopted) noexcept : n_(adopted) {}
+
+template <class Clock>
+inline bool basic_context<Clock>::done() const noexcept {
+  const detail::cancel_node* c = n_->nearest_cancelable;
+  return c && (c->state.load(std::memory_order_acquire) & detail::st_done);
+}
+
+template <class Clock>
+inline std::error_code basic_context<Clock>::err() const noexcept {
+  const detail::cancel_node* c = n_->nearest_cancelable;
+  if (!c) return detail::no_error();
+  return detail::err_of_state(c->state.load(std::memory_order_acquire));
+}
+
+template <class Clock>
+inline std::error_code basic_context<Clock>::cause() const noexcept {
+  const detail::cancel_node* c = n_->nearest_cancelable;
+  if (!c) return detail::no_error();
+  const std::uint32_t s = c->state.load(std::memory_order_acquire);
+  if (!(s & detail::st_done)) return detail::no_error();
+  return c->cause_ ? c->cause_ : detail::err_of_state(s);
+}
+
+template <class Clock>
+inline auto basic_context<Clock>::deadline() const noexcept -> std::optional<time_point> {
+  if (!n_->deadline_holder) return std::nullopt;
+  return static_cast<const detail::deadline_node<Clock>*>(n_->deadline_holder)->when;
+}
+
+template <class Clock>
+inline auto basic_context<Clock>::remaining() const noexcept -> duration {
+  if (!n_->deadline_holder) return duration::max();
+  return detail::time_until(static_cast<const detail::deadline_node<Clock>*>(n_->deadline_holder)->when,
+                            Clock::now());
+}
+
+template <class Clock>
+inline std::stop_token basic_context<Clock>::stop_token() const {
+  detail::cancel_node* c = n_->nearest_cancelable;
+  if (!c) return {};
+  detail::tiny_lock lock(c->mtx);
+  if (!c->stop_source_.stop_possible()) {
+    c->stop_source_ = std::stop_source();  // no callbacks on it yet: requesting stop runs no user code
+    if (detail::claim_locked(c) & detail::st_done) c->stop_source_.request_stop();
+  }
+  return c->stop_source_.get_token();
+}
+
+template <class Clock>
+template <class T>
+inline const T* basic_context<Clock>::value(const key<T>& k) const noexcept {
+  if (!(n_->key_bloom & detail::key_bit(&k))) return nullptr;
+  for (const detail::node* n = n_; n; n = n->parent)
+    if (n->kind == detail::node_kind::value && static_cast<const detail::value_node_base*>(n)->key == &k)
+      return &static_cast<const detail::value_node<T>*>(n)->value;
+  return nullptr;
+}
+
+template <class Clock>
+inline void basic_context<Clock>::throw_if_done() const {
+  if (const std::error_code e = err()) throw error(e, cause());
+}
+
+template <class Clock>
+inline void basic_context<Clock>::wait() const noexcept {
+  detail::cancel_node* c = n_->nearest_cancelable;
+  if (!c) {
+    static std::atomic<std::uint32_t> never{0};
+    for (;;) never.wait(0);
+  }
+  detail::wait_state(c, detail::st_done);
+}
+
+template <class Clock>
+basic_context<Clock> background() noexcept {
+  return {};
+}
 
 template <class Clock>
 basic_context<Clock> todo() noexcept {
   return detail::access::adopt<Clock>(&detail::todo_node);
 }
 
-/// A child that is done when `parent` is, or when the handle cancels it.
-/// A child of a done parent is born done with the parent's err and cause.
-/// Allocates one node; throws std::bad_alloc.
+// cancel_handle
+
+inline cancel_handle::cancel_handle(cancel_handle&& other) noexcept : n_(std::exchange(other.n_, nullptr)) {}
+inline cancel_handle& cancel_handle::operator=(cancel_handle&& other) noexcept {
+  if (this != &other) {
+    reset();
+    n_ = std::exchange(other.n_, nullptr);
+  }
+  return *this;
+}
+inline cancel_handle::~cancel_handle() { reset(); }
+inline cancel_handle::cancel_handle(detail::cancel_node* adopted) noexcept : n_(adopted) {}
+
+inline void cancel_handle::operator()() const noexcept {
+  if (n_) detail::cancel(n_, errc::canceled, &detail::no_error());
+}
+
+inline void cancel_handle::operator()(std::error_code cause) const noexcept {
+  if (n_) detail::cancel(n_, errc::canceled, &cause);
+}
+
+inline cancel_handle::operator bool() const noexcept { return n_ != nullptr; }
+
+inline void cancel_handle::reset() noexcept {
+  if (detail::cancel_node* n = std::exchange(n_, nullptr)) {
+    if (n->insp.load(std::memory_order_relaxed)) [[unlikely]]
+      detail::insp::note_handle_dropped(n);
+    detail::cancel(n, errc::canceled, &detail::no_error());
+    detail::release(n);
+  }
+}
+
+// The derivations
+
 template <class Clock>
-[[nodiscard]] derived<Clock> with_cancel(const basic_context<Clock>& parent,
-                                         source_location site = source_location::current()) {
+derived<Clock> with_cancel(const basic_context<Clock>& parent, source_location site) {
   detail::node* p = detail::access::of(parent);
   if (detail::insp::wanted(p)) [[unlikely]]
     return detail::derive_cancel<Clock, true>(p, site);
   return detail::derive_cancel<Clock, false>(p, site);
 }
 
-/// A child that is also done, with `errc::deadline_exceeded`, at `d`.
-///
-/// The effective deadline is min(parent's, d): when the parent's is earlier
-/// or equal, no timer is made and `cause` is unused. A deadline now or in the
-/// past makes the child born done with `deadline_exceeded`. `cause` becomes
-/// cause() only if this deadline is what ends the context. `d` may have any
-/// duration type, integral or floating-point; it is rounded up to the
-/// clock's tick (a deadline never fires early) and saturates at
-/// `time_point::min()` and `time_point::max()` (which never fires); a NaN
-/// deadline is already passed. `d` must be a time point of the context's own
-/// clock (see the overload below). Throws std::bad_alloc, or
-/// std::system_error if the timer thread cannot be started.
 template <class Clock, class Duration>
-[[nodiscard]] derived<Clock> with_deadline(const basic_context<Clock>& parent,
-                                           std::chrono::time_point<Clock, Duration> d,
-                                           std::error_code cause = {},
-                                           source_location site = source_location::current()) {
+derived<Clock> with_deadline(const basic_context<Clock>& parent, std::chrono::time_point<Clock, Duration> d,
+                             std::error_code cause, source_location site) {
   return detail::derive_deadline(parent, detail::ceil_time_point<typename Clock::time_point>(d), cause,
                                  inspect::kind::with_deadline, site);
 }
 
-/// Rejected at compile time: a deadline on another clock than the context's.
-/// Clocks need not tick together (system_clock jumps, steady_clock does not),
-/// so ctx does not convert silently; the static_assert says how to do it.
 template <class Clock, class OtherClock, class Duration>
 requires(!std::same_as<Clock, OtherClock>) derived<Clock> with_deadline(
-    const basic_context<Clock>&, std::chrono::time_point<OtherClock, Duration>, std::error_code = {},
-    source_location = source_location::current()) {
+    const basic_context<Clock>&, std::chrono::time_point<OtherClock, Duration>, std::error_code,
+    source_location) {
   static_assert(std::same_as<Clock, OtherClock>,
                 "ctx::with_deadline: the deadline is a time point of another clock than the context's. "
                 "Convert it to the context's clock first (for a duration from now: "
@@ -480,133 +594,68 @@ requires(!std::same_as<Clock, OtherClock>) derived<Clock> with_deadline(
   return {};
 }
 
-/// `with_deadline(parent, Clock::now() + t, cause)`, saturating: `t <= 0`
-/// (and NaN) is already expired, `t` is rounded up to the clock's tick (so a
-/// floating-point `1.5ns` waits 2 ns, and a positive `t` never expires at
-/// once), and `duration::max()` or +infinity of any type never overflows:
-/// it never fires.
 template <class Clock, class Rep, class Period>
-[[nodiscard]] derived<Clock> with_timeout(const basic_context<Clock>& parent,
-                                          std::chrono::duration<Rep, Period> t, std::error_code cause = {},
-                                          source_location site = source_location::current()) {
+derived<Clock> with_timeout(const basic_context<Clock>& parent, std::chrono::duration<Rep, Period> t,
+                            std::error_code cause, source_location site) {
   const typename Clock::time_point now = Clock::now();
   return detail::derive_deadline(parent, detail::deadline_after(now, t), cause, inspect::kind::with_timeout,
                                  site, &now);
 }
 
-/// A child that is also done (with `errc::canceled`) when stop is requested
-/// on `token`. If stop was requested already, the child is born done.
-/// Throws std::bad_alloc.
 template <class Clock>
-[[nodiscard]] derived<Clock> with_stop_token(const basic_context<Clock>& parent, std::stop_token token,
-                                             source_location site = source_location::current()) {
+derived<Clock> with_stop_token(const basic_context<Clock>& parent, std::stop_token token,
+                               source_location site) {
   detail::node* p = detail::access::of(parent);
   if (detail::insp::wanted(p)) [[unlikely]]
     return detail::derive_stop_token<Clock, true>(p, token, site);
   return detail::derive_stop_token<Clock, false>(p, token, site);
 }
 
-/// A child that carries `value` under `k`, and everything else of `parent`.
-/// Lookups find the nearest value for a key. Throws what T's constructor throws, or std::bad_alloc.
 template <class Clock, class T, class U>
-requires std::constructible_from<T, U&&>
-[[nodiscard]] basic_context<Clock> with_value(const basic_context<Clock>& parent, const key<T>& k, U&& value,
-                                              source_location site = source_location::current()) {
+requires std::constructible_from<T, U&&> basic_context<Clock> with_value(const basic_context<Clock>& parent,
+                                                                         const key<T>& k, U&& value,
+                                                                         source_location site) {
   detail::node* p = detail::access::of(parent);
   if (detail::insp::wanted(p)) [[unlikely]]
     return detail::derive_value<Clock, true>(p, k, static_cast<U&&>(value), site);
   return detail::derive_value<Clock, false>(p, k, static_cast<U&&>(value), site);
 }
 
-/// A child that keeps `parent`'s values but is never done and has no
-/// deadline: for work that must outlive the request (give it its own timeout).
-/// Throws std::bad_alloc.
 template <class Clock>
-[[nodiscard]] basic_context<Clock> without_cancel(const basic_context<Clock>& parent,
-                                                  source_location site = source_location::current()) {
+basic_context<Clock> without_cancel(const basic_context<Clock>& parent, source_location site) {
   detail::node* p = detail::access::of(parent);
   if (detail::insp::wanted(p)) [[unlikely]]
-    return detail::derive_detach<Clock, true>(p, site);
-  return detail::derive_detach<Clock, false>(p, site);
+    return detail::derive_without_cancel<Clock, true>(p, site);
+  return detail::derive_without_cancel<Clock, false>(p, site);
 }
+
+// after_func and registration
 
 template <class Clock, class F>
 requires std::invocable < std::decay_t<F>
 & > registration after_func(const basic_context<Clock>& c, F&& f) {
   auto* rec = new detail::callback_impl<std::decay_t<F>>(static_cast<F&&>(f));
   registration reg = detail::access::make_registration(rec);
-  detail::cancel_node* owner = detail::access::of(c)->canc;
-  if (!owner) return reg;  // never done: f never runs
-  detail::acquire(owner);
-  rec->owner = owner;
-  {
-    detail::tiny_lock lock(owner->mtx);
-    if (!(detail::claim_locked(owner) & detail::st_done)) {
-      rec->next = owner->first_cb;
-      if (rec->next) rec->next->prev = rec;
-      owner->first_cb = rec;
-      rec->st.store(detail::callback_rec::linked, std::memory_order_relaxed);
-      return reg;
-    }
-  }
-  rec->invoke(rec);
-  rec->st.store(detail::callback_rec::finished, std::memory_order_relaxed);
-  return reg;
+  if (detail::cancel_node* owner = detail::access::of(c)->nearest_cancelable)
+    detail::add_callback(owner, rec);
+  return reg;  // with no cancelable node the context is never done: f never runs
 }
 
-inline bool registration::stop() noexcept {
-  using detail::callback_rec;
-  if (!rec_) return false;
-  if (!rec_->owner) {
-    std::uint32_t idle = callback_rec::idle;
-    return rec_->st.compare_exchange_strong(idle, callback_rec::removed, std::memory_order_relaxed);
+inline registration::registration(registration&& other) noexcept : rec_(std::exchange(other.rec_, nullptr)) {}
+inline registration& registration::operator=(registration&& other) noexcept {
+  if (this != &other) {
+    reset();
+    rec_ = std::exchange(other.rec_, nullptr);
   }
-  detail::tiny_lock lock(rec_->owner->mtx);
-  if (rec_->st.load(std::memory_order_relaxed) != callback_rec::linked) return false;
-  if (rec_->prev)
-    rec_->prev->next = rec_->next;
-  else
-    rec_->owner->first_cb = rec_->next;
-  if (rec_->next) rec_->next->prev = rec_->prev;
-  rec_->prev = rec_->next = nullptr;
-  rec_->st.store(callback_rec::removed, std::memory_order_relaxed);
-  return true;
+  return *this;
 }
+inline registration::~registration() { reset(); }
+inline registration::registration(detail::callback_rec* rec) noexcept : rec_(rec) {}
+
+inline bool registration::stop() noexcept { return rec_ && detail::prevent_callback(rec_); }
 
 inline void registration::reset() noexcept {
-  using detail::callback_rec;
-  detail::callback_rec* rec = std::exchange(rec_, nullptr);
-  if (!rec) return;
-  if (detail::cancel_node* owner = rec->owner) {
-    bool wait = false;
-    {
-      detail::tiny_lock lock(owner->mtx);
-      switch (rec->st.load(std::memory_order_relaxed)) {
-        case callback_rec::linked:
-          if (rec->prev)
-            rec->prev->next = rec->next;
-          else
-            owner->first_cb = rec->next;
-          if (rec->next) rec->next->prev = rec->prev;
-          break;
-        case callback_rec::running:
-          if (rec->runner == std::this_thread::get_id())
-            *rec->destroyed = true;  // inside f: do not wait
-          else
-            wait = true;
-          break;
-        default:
-          break;
-      }
-    }
-    if (wait) {
-      std::uint32_t s;
-      while ((s = rec->st.load(std::memory_order_acquire)) == callback_rec::running) rec->st.wait(s);
-      detail::tiny_lock sync(owner->mtx);  // the runner stores `finished` under this lock
-    }
-    detail::release(owner);
-  }
-  rec->destroy(rec);
+  if (detail::callback_rec* rec = std::exchange(rec_, nullptr)) detail::destroy_callback(rec);
 }
 
 }  // namespace ctx

@@ -62,7 +62,7 @@ Out format_chain(const node* leaf, Out out) {
       case node_kind::stop_token:
         out = fmt::format_to(out, "with_stop_token");
         break;
-      case node_kind::detach:
+      case node_kind::without_cancel:
         out = fmt::format_to(out, "without_cancel");
         break;
       case node_kind::value:

@@ -157,7 +157,7 @@ inline void collect(const record& r, std::int64_t now, context_info& out) {
   out.age = ns(now - r.created_ns);
   out.children = r.children.load(std::memory_order_relaxed);
   out.remaining.reset();
-  if (n->dl) out.remaining = ns(r.clk->remaining_ns(n->dl));
+  if (n->deadline_holder) out.remaining = ns(r.clk->remaining_ns(n->deadline_holder));
   out.keys.clear();
   for (const d::node* a = n; a; a = a->parent) {
     if (a->kind != d::node_kind::value) continue;
@@ -169,7 +169,7 @@ inline void collect(const record& r, std::int64_t now, context_info& out) {
     if (!seen) out.keys.push_back(v->key_name);
   }
   const std::uint8_t flags = n->insp.load(std::memory_order_relaxed);
-  const bool cancelable = n->canc == n;
+  const bool cancelable = n->nearest_cancelable == n;
   out.handle_held = cancelable && !(flags & d::insp::handle_gone);
   const std::uint32_t refs = n->refs.load(std::memory_order_acquire);
   const std::uint32_t inside = out.children + (out.handle_held ? 1 : 0);
@@ -177,7 +177,7 @@ inline void collect(const record& r, std::int64_t now, context_info& out) {
   out.done = false;
   out.err = out.cause = {};
   out.done_for = ns(0);
-  if (const d::cancel_node* c = n->canc) {
+  if (const d::cancel_node* c = n->nearest_cancelable) {
     const std::uint32_t s = c->state.load(std::memory_order_acquire);
     if (s & d::st_done) {
       out.done = true;
@@ -186,8 +186,9 @@ inline void collect(const record& r, std::int64_t now, context_info& out) {
       // The done time of the nearest cancelable context, if it is tracked;
       // else the first time a snapshot saw this one done.
       record& self = const_cast<record&>(r);
-      std::int64_t when = r.canc ? r.canc->done_ns.load(std::memory_order_relaxed) : 0;
-      if (!when && !r.canc) {
+      std::int64_t when =
+          r.nearest_cancelable ? r.nearest_cancelable->done_ns.load(std::memory_order_relaxed) : 0;
+      if (!when && !r.nearest_cancelable) {
         d::insp::note_done(&self, now);
         when = self.done_ns.load(std::memory_order_relaxed);
       }

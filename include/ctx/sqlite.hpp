@@ -352,7 +352,7 @@ inline void install_progress(sqlite3* db) noexcept {
 /// True if `c` can ever be done; false for background() and without_cancel().
 template <class Clock>
 [[nodiscard]] bool can_end(const basic_context<Clock>& c) noexcept {
-  return ctx::detail::access::of(c)->canc != nullptr;
+  return ctx::detail::access::of(c)->nearest_cancelable != nullptr;
 }
 
 /// A result code that a context's end produces: the progress handler or the

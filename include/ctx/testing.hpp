@@ -36,6 +36,13 @@ struct manual_clock {
   using duration = std::chrono::duration<rep, period>;
   using time_point = std::chrono::time_point<manual_clock>;
   static constexpr bool is_steady = true;
+  /// The clock trait that makes ctx fire this clock's deadlines on the thread
+  /// that moves it (inside advance() and set()), and start no timer thread.
+  /// Any clock may declare it; such a clock must then make every change of
+  /// its time through `ctx::detail::timer_service<Clock>::instance().advance(move)`,
+  /// where `move()` stores the new time and returns it, as advance() and set()
+  /// below do; otherwise its deadlines never fire.
+  static constexpr bool timers_fire_on_move = true;
 
   /// The current manual time.
   [[nodiscard]] static time_point now() noexcept {

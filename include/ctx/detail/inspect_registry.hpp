@@ -149,8 +149,8 @@ struct record {
   const node* n = nullptr;
   const node_ops* own_ops = nullptr;  // the node's ops before tracking
   const clock_ops* clk = nullptr;
-  record* parent = nullptr;  // the parent's record, or nullptr if the parent is not tracked
-  record* canc = nullptr;    // the nearest cancelable node's record, if tracked
+  record* parent = nullptr;              // the parent's record, or nullptr if the parent is not tracked
+  record* nearest_cancelable = nullptr;  // the nearest cancelable node's record, if tracked
   source_location site;
   std::uint64_t id = 0;
   std::int64_t created_ns = 0;
@@ -257,10 +257,10 @@ inline void tracked_on_cancel(cancel_node* n) noexcept {
   if (p->insp.load(std::memory_order_relaxed) & tracked) {
     r->parent = record_of(p);  // alive: the caller holds a reference to p
     r->parent->children.fetch_add(1, std::memory_order_relaxed);
-    r->canc = p->canc == p ? r->parent : r->parent->canc;
+    r->nearest_cancelable = p->nearest_cancelable == p ? r->parent : r->parent->nearest_cancelable;
   }
-  if (n->canc == n) r->canc = r;
-  if (!n->canc) r->canc = nullptr;  // without_cancel: never done
+  if (n->nearest_cancelable == n) r->nearest_cancelable = r;
+  if (!n->nearest_cancelable) r->nearest_cancelable = nullptr;  // without_cancel: never done
   r->shard = my_shard();
   {
     shard& s = shards[r->shard];
@@ -273,7 +273,7 @@ inline void tracked_on_cancel(cancel_node* n) noexcept {
   }
   n->ops = &r->ops;
   n->insp.store(tracked, std::memory_order_relaxed);
-  if (n->canc == n) {
+  if (n->nearest_cancelable == n) {
     // Never marked by cancel's lock-free path, which skips on_cancel.
     auto* c = static_cast<cancel_node*>(n);
     c->state.store(c->state.load(std::memory_order_relaxed) | st_busy, std::memory_order_relaxed);
@@ -284,7 +284,7 @@ inline void tracked_on_cancel(cancel_node* n) noexcept {
 /// Makes a tracked node visible to reports, once its derivation has linked it.
 inline void finish(record* r) noexcept {
   if (!r) return;
-  if (r->canc == r) {
+  if (r->nearest_cancelable == r) {
     const auto* c = static_cast<const cancel_node*>(r->n);
     if (c->state.load(std::memory_order_acquire) & st_done) note_done(r, r->created_ns);  // born done
   }

@@ -1,16 +1,19 @@
 // SPDX-License-Identifier: MIT
 // Context nodes: reference counting, the cancellation tree, and the cancel algorithm.
 //
-// Thread safety: a node's immutable part (kind, parent, cancelable ancestor,
-// deadline, key bloom, value) is written before the node is published and
-// never again. A cancel node's mutable part is guarded by its own mutex
-// (child list head, callback list, cause, stop source) or by its cancelable
-// parent's mutex (its sibling links and `linked`). The state word is written
-// under the node's mutex with release order and read lock-free with acquire
-// order; the cause is written before the state word, so a reader that sees
-// `st_done` sees the final err and cause. One exception: a node with nothing
-// attached (state word 0, see st_busy) is marked done by a compare-and-swap
-// without its mutex, and then its cause is the empty one it always had.
+// Thread safety: a node's immutable part (kind, ops, parent,
+// nearest_cancelable, deadline_holder, key_bloom, a value node's key and
+// value) is written before the node is published and never again. A cancel
+// node's mutable part is guarded by its own mutex (child list head, callback
+// list, cause, stop source) or by its cancelable parent's mutex (its sibling
+// links and `linked`). The state word is marked done under the node's mutex
+// (mark_locked, a release store) and read lock-free with acquire order; the
+// cause is written before that store, so a reader that sees `st_done` sees
+// the final err and cause. Two exceptions: a node with nothing attached
+// (state word 0, see st_busy) is marked done by a compare-and-swap without
+// its mutex, and then its cause is the empty one it always had; and
+// st_settled is added without the mutex, by a read-modify-write of the cancel
+// that marked the node (settle), so that flags set meanwhile are kept.
 #pragma once
 
 #include <atomic>
@@ -24,6 +27,7 @@
 
 #include "../error.hpp"
 #include "futex.hpp"
+#include "intrusive_list.hpp"
 #include "node_cache.hpp"
 #include "tiny_mutex.hpp"
 
@@ -37,7 +41,7 @@ enum class node_kind : std::uint8_t {
   inherited_deadline,  // with_deadline / with_timeout whose parent's deadline is earlier
   stop_token,          // with_stop_token
   value,               // with_value
-  detach,              // without_cancel
+  without_cancel,      // without_cancel
 };
 
 struct node;
@@ -52,16 +56,16 @@ struct node_ops {
 
 /// The part every node has.
 struct node {
-  constexpr node(node_kind k, const node_ops* o, node* p, cancel_node* c, const node* d, std::uint64_t keys,
-                 bool statically_allocated) noexcept
+  constexpr node(node_kind k, const node_ops* o, node* p, cancel_node* cancelable, const node* deadline,
+                 std::uint64_t keys, bool statically_allocated) noexcept
       : ops(o),
         refs(1),
         kind(k),
         is_static(statically_allocated),
         insp(0),
         parent(p),
-        canc(c),
-        dl(d),
+        nearest_cancelable(cancelable),
+        deadline_holder(deadline),
         key_bloom(keys) {}
 
   const node_ops* ops;
@@ -71,10 +75,10 @@ struct node {
   // Inspection (detail/inspect_registry.hpp): 0 for an untracked node. Sits in
   // what was padding, so the node does not grow.
   std::atomic<std::uint8_t> insp;
-  node* parent;             // owns a reference; nullptr for roots
-  cancel_node* canc;        // nearest cancelable node, self included; nullptr if none
-  const node* dl;           // node that holds the effective deadline; nullptr if none
-  std::uint64_t key_bloom;  // one bit per key of every value node on the chain
+  node* parent;                     // owns a reference; nullptr for roots
+  cancel_node* nearest_cancelable;  // self, or the nearest ancestor that can be cancelled; nullptr if none
+  const node* deadline_holder;  // the deadline_node whose `when` is the effective deadline; nullptr if none
+  std::uint64_t key_bloom;      // one bit per key of every value node on the chain
 };
 
 inline constexpr std::uint32_t st_done = 1;     // err and cause are final
@@ -120,36 +124,43 @@ struct cancel_node : node {
       : node(k, o, p, this, d, p->key_bloom, false),
         state(k == node_kind::cancel || k == node_kind::inherited_deadline ? 0 : st_busy) {}
 
-  [[nodiscard]] cancel_node* up() const noexcept { return parent->canc; }
+  /// The nearest cancelable ancestor: the node whose child list holds this one.
+  [[nodiscard]] cancel_node* cancelable_parent() const noexcept { return parent->nearest_cancelable; }
 
   std::atomic<std::uint32_t> state;  // st_* bits; 0 or st_busy at first (a timer or a stop callback)
   tiny_mutex mtx;
-  bool linked = false;                 // in up()'s child list; guarded by up()->mtx
+  bool linked = false;                 // in cancelable_parent()'s child list; guarded by its mtx
   bool has_hooks = false;              // a stop source or callbacks when marked; owned by the marking cancel
   cancel_node* first_child = nullptr;  // guarded by mtx
-  cancel_node* prev_sib = nullptr;     // guarded by up()->mtx
-  // While linked: the next sibling, guarded by up()->mtx. Once a cancel has
+  cancel_node* prev_sib = nullptr;     // guarded by cancelable_parent()->mtx
+  // While linked: the next sibling, guarded by cancelable_parent()->mtx. Once a cancel has
   // taken the node out of its parent's list (mark_locked): that cancel's
   // worklist link, owned by that one cancel (saves a pointer per node).
   cancel_node* next_sib = nullptr;
-  callback_rec* first_cb = nullptr;         // guarded by mtx
-  std::error_code cause_ = no_error();      // written under mtx before st_done
-  std::stop_source src_{std::nostopstate};  // created lazily; guarded by mtx
+  callback_rec* first_callback = nullptr;  // guarded by mtx
+  std::error_code cause_ = no_error();     // written before st_done: under mtx, or before publication
+  std::stop_source stop_source_{std::nostopstate};  // created lazily; guarded by mtx
 };
 
-/// An after_func registration (see registration in context.hpp).
+/// An after_func record (registration in context.hpp is its handle; detail/after_func.hpp
+/// links, stops and destroys it; fire_hooks below runs it).
 struct callback_rec {
   enum : std::uint32_t { idle, linked, running, finished, removed };
 
-  callback_rec* prev = nullptr;  // guarded by owner->mtx
+  callback_rec* prev = nullptr;  // links in owner's callback list; guarded by owner->mtx
   callback_rec* next = nullptr;
   void (*invoke)(callback_rec*) noexcept = nullptr;
   void (*destroy)(callback_rec*) noexcept = nullptr;
-  cancel_node* owner = nullptr;  // owns a reference; nullptr if the context is never done
-  std::atomic<std::uint32_t> st{idle};
-  std::thread::id runner;     // guarded by owner->mtx
-  bool* destroyed = nullptr;  // set by the runner; used only on the runner's thread
+  cancel_node* owner = nullptr;                // owns a reference; nullptr if the context is never done
+  std::atomic<std::uint32_t> run_state{idle};  // one of the enum above
+  std::thread::id runner;                      // guarded by owner->mtx
+  bool* destroyed = nullptr;                   // set by the runner; used only on the runner's thread
 };
+
+/// A cancel node's children (first_child), linked through prev_sib/next_sib.
+using child_list = intrusive_list<cancel_node, &cancel_node::prev_sib, &cancel_node::next_sib>;
+/// A cancel node's after_func callbacks (first_callback), linked through prev/next.
+using callback_list = intrusive_list<callback_rec, &callback_rec::prev, &callback_rec::next>;
 
 // ---------------------------------------------------------------------------
 // Reference counting.
@@ -191,16 +202,11 @@ inline void release(node* n) noexcept {
 
 /// Removes `c` from its cancelable parent's child list, if it is still there.
 inline void unlink_from_parent(cancel_node* c) noexcept {
-  cancel_node* up = c->up();
+  cancel_node* up = c->cancelable_parent();
   if (!up) return;
   tiny_lock lock(up->mtx);
   if (!c->linked) return;
-  if (c->prev_sib)
-    c->prev_sib->next_sib = c->next_sib;
-  else
-    up->first_child = c->next_sib;
-  if (c->next_sib) c->next_sib->prev_sib = c->prev_sib;
-  c->prev_sib = c->next_sib = nullptr;
+  child_list::unlink(up->first_child, c);
   c->linked = false;
 }
 
@@ -217,7 +223,7 @@ inline void unlink_from_parent(cancel_node* c) noexcept {
 /// Links a new child into its cancelable parent, or makes it born done when
 /// the parent is done already. Returns false when the child was born done.
 inline bool link_to_parent(cancel_node* c) noexcept {
-  cancel_node* up = c->up();
+  cancel_node* up = c->cancelable_parent();
   if (!up) return true;
   tiny_lock lock(up->mtx);
   const std::uint32_t s = claim_locked(up);
@@ -226,23 +232,16 @@ inline bool link_to_parent(cancel_node* c) noexcept {
     c->state.store((s & ~st_flags) | st_settled, std::memory_order_relaxed);
     return false;
   }
-  c->next_sib = up->first_child;
-  if (c->next_sib) c->next_sib->prev_sib = c;
-  up->first_child = c;
+  child_list::push_front(up->first_child, c);
   c->linked = true;
   return true;
 }
 
-/// Makes a node that nobody else can see yet born done.
-inline void make_born_done(cancel_node* c, errc e, const std::error_code& cause) noexcept {
-  c->cause_ = cause;
-  c->state.store(done_state(e) | st_settled, std::memory_order_relaxed);
-}
-
 /// Destroys what a cancel node owns besides its memory; used by every destroy().
-/// A done node is no longer in its parent's list: the cancel that marked it
-/// either was the parent's (which emptied the list) or its own (which unlinked
-/// it before returning, holding a reference), so only a live node takes the
+/// A done node is no longer in its parent's list: it was born done (never
+/// linked), or the cancel that marked it was an ancestor's (which emptied the
+/// parent's list when it marked the parent) or its own (which unlinked it
+/// before returning, holding a reference). So only a live node takes the
 /// parent's lock.
 inline void retire(cancel_node* c) noexcept {
   if (!(c->state.load(std::memory_order_acquire) & st_done)) unlink_from_parent(c);
@@ -278,7 +277,9 @@ inline void wake_state_waiters(cancel_node* c, std::uint32_t s) noexcept {
 
 inline void wait_settled(cancel_node* c) noexcept { wait_state(c, st_settled); }
 
-/// Marks `n` done; its children move onto `work` (each with a reference).
+/// Marks `n` done and empties its child list: every child that is not being
+/// destroyed moves onto `work` with a reference (a child whose count is zero
+/// is dropped: nobody can observe it any more).
 /// Precondition: n->mtx held, and `claimed` is what claim_locked(n) returned,
 /// without st_done (so no fast path can mark `n` meanwhile, nor can any other
 /// writer change the word: the plain store below is the only write).
@@ -287,7 +288,7 @@ inline void mark_locked(cancel_node* n, std::uint32_t claimed, std::uint32_t don
   // Hooks added after this point see st_done and run themselves (stop_token()
   // makes a stopped source, after_func runs f at once): fire() need only look
   // at a node that had some now.
-  n->has_hooks = n->src_.stop_possible() || n->first_cb != nullptr;
+  n->has_hooks = n->stop_source_.stop_possible() || n->first_callback != nullptr;
   n->cause_ = cause;
   // A leaf is settled as soon as it is done: no child can be linked to a done
   // node (link_to_parent makes it born done), so settle() skips its RMW.
@@ -315,8 +316,10 @@ inline void mark_locked(cancel_node* n, std::uint32_t claimed, std::uint32_t don
                                           std::memory_order_acquire);
 }
 
-/// Called by the cancel that marked `n`, the only writer of a done node's state.
-/// Wakes whoever waits for st_done or st_settled on `n`.
+/// Sets st_settled on `n` (unless mark_locked did, for a leaf) and wakes
+/// whoever waits for st_done or st_settled on it. Called by the cancel that
+/// marked `n`, after marking its whole subtree. A waiter may add st_waiters
+/// meanwhile (wait_state, under the mutex), hence a read-modify-write here.
 inline void settle(cancel_node* n) noexcept {
   std::uint32_t s = n->state.load(std::memory_order_relaxed);
   if (!(s & st_settled)) s = n->state.fetch_or(st_settled, std::memory_order_release);
@@ -328,7 +331,7 @@ inline void fire_hooks(cancel_node* n) noexcept {
   std::stop_source src{std::nostopstate};
   {
     tiny_lock lock(n->mtx);
-    src = n->src_;
+    src = n->stop_source_;
   }
   if (src.stop_possible()) src.request_stop();
   if (n->ops->on_cancel) n->ops->on_cancel(n);
@@ -337,14 +340,11 @@ inline void fire_hooks(cancel_node* n) noexcept {
     callback_rec* rec;
     {
       tiny_lock lock(n->mtx);
-      rec = n->first_cb;
+      rec = callback_list::pop_front(n->first_callback);
       if (!rec) break;
-      n->first_cb = rec->next;
-      if (rec->next) rec->next->prev = nullptr;
-      rec->prev = rec->next = nullptr;
       rec->runner = std::this_thread::get_id();
       rec->destroyed = &destroyed;
-      rec->st.store(callback_rec::running, std::memory_order_relaxed);
+      rec->run_state.store(callback_rec::running, std::memory_order_relaxed);
     }
     rec->invoke(rec);  // noexcept: a throwing callback terminates, as with std::stop_callback
     if (!destroyed) {
@@ -354,9 +354,9 @@ inline void fire_hooks(cancel_node* n) noexcept {
       rec->destroyed = nullptr;
       // seq_cst: ordered before notify_all()'s seq_cst check for waiters, as
       // std::atomic::wait's protocol needs (a release store may be reordered
-      // after that load, and the waiter in registration::reset be missed).
-      rec->st.store(callback_rec::finished, std::memory_order_seq_cst);
-      rec->st.notify_all();
+      // after that load, and the waiter in destroy_callback be missed).
+      rec->run_state.store(callback_rec::finished, std::memory_order_seq_cst);
+      rec->run_state.notify_all();
     }
   }
 }
@@ -403,27 +403,27 @@ inline void fire_called(cancel_node* n) noexcept {
 inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noexcept {
   // Settled: done with every descendant, so there is nothing to do or wait
   // for (the common `cancel(); ~handle` pair pays one load for the second).
-  std::uint32_t rs = root->state.load(std::memory_order_acquire);
-  if (rs & st_settled) return;
+  std::uint32_t root_state = root->state.load(std::memory_order_acquire);
+  if (root_state & st_settled) return;
   // Fast path: nothing attached (no child, callback, stop source, waiter,
   // timer) and no cause to record: one compare-and-swap, no mutex.
-  if (rs == 0 && cause && !*cause) {
-    if (try_mark_bare(root, done_state(e), rs)) {
+  if (root_state == 0 && cause && !*cause) {
+    if (try_mark_bare(root, done_state(e), root_state)) {
       unlink_from_parent(root);
       return;  // nothing to fire: plain nodes have no on_cancel, and nothing was attached
     }
-    if (rs & st_settled) return;  // another fast path won
+    if (root_state & st_settled) return;  // another fast path won
   }
   cancel_node* work = nullptr;
   root->mtx.lock();
-  rs = claim_locked(root);
-  if (rs & st_done) {
+  root_state = claim_locked(root);
+  if (root_state & st_done) {
     root->mtx.unlock();
     wait_settled(root);
     return;
   }
   const std::error_code final_cause = cause ? *cause : root->cause_;
-  mark_locked(root, rs, done_state(e), final_cause, work);
+  mark_locked(root, root_state, done_state(e), final_cause, work);
   root->mtx.unlock();
   if (!work) {  // no child to mark (the common `cancel()` of a request's own context)
     settle(root);
@@ -453,20 +453,21 @@ inline void cancel(cancel_node* root, errc e, const std::error_code* cause) noex
     cancel_node* c = work;
     work = c->next_sib;
     // A plain leaf with nothing attached: the same fast path as above.
-    std::uint32_t cs;
-    if (!final_cause && c->state.load(std::memory_order_relaxed) == 0 && try_mark_bare(c, bits, cs)) {
+    std::uint32_t child_state;
+    if (!final_cause && c->state.load(std::memory_order_relaxed) == 0 &&
+        try_mark_bare(c, bits, child_state)) {
       drop_later(c);
       continue;
     }
     c->mtx.lock();
-    cs = claim_locked(c);
-    if (cs & st_done) {
+    child_state = claim_locked(c);
+    if (child_state & st_done) {
       c->mtx.unlock();
       wait_settled(c);
       drop_later(c);
       continue;
     }
-    mark_locked(c, cs, bits, final_cause, work);
+    mark_locked(c, child_state, bits, final_cause, work);
     c->mtx.unlock();
     if (const std::uint32_t s = c->state.load(std::memory_order_relaxed);
         s & st_settled) {  // a leaf: settled when marked
@@ -514,7 +515,8 @@ inline constinit node todo_node{node_kind::todo, &static_ops, nullptr, nullptr, 
 
 struct value_node_base : node {
   value_node_base(node* p, const void* k, std::string_view name) noexcept
-      : node(node_kind::value, nullptr, p, p->canc, p->dl, p->key_bloom | key_bit(k), false),
+      : node(node_kind::value, nullptr, p, p->nearest_cancelable, p->deadline_holder,
+             p->key_bloom | key_bit(k), false),
         key(k),
         key_name(name) {}
   const void* key;
@@ -533,11 +535,13 @@ struct value_node final : value_node_base {
   T value;
 };
 
-struct detach_node final : node {
-  static void destroy(node* n) noexcept { delete static_cast<detach_node*>(n); }
+/// without_cancel's node: keeps the values of the chain above it, cuts its
+/// cancellation and its deadline (no cancelable node, no deadline holder).
+struct without_cancel_node final : node {
+  static void destroy(node* n) noexcept { delete static_cast<without_cancel_node*>(n); }
   static constexpr node_ops ops_{&destroy, nullptr};
-  explicit detach_node(node* p) noexcept
-      : node(node_kind::detach, &ops_, p, nullptr, nullptr, p->key_bloom, false) {}
+  explicit without_cancel_node(node* p) noexcept
+      : node(node_kind::without_cancel, &ops_, p, nullptr, nullptr, p->key_bloom, false) {}
 };
 
 struct plain_cancel_node final : cancel_node, cached_node<plain_cancel_node> {
@@ -566,7 +570,8 @@ struct stop_token_node final : cancel_node {
     delete c;
   }
   static constexpr node_ops ops_{&destroy, nullptr};
-  explicit stop_token_node(node* p) noexcept : cancel_node(node_kind::stop_token, &ops_, p, p->dl) {}
+  explicit stop_token_node(node* p) noexcept
+      : cancel_node(node_kind::stop_token, &ops_, p, p->deadline_holder) {}
   std::optional<std::stop_callback<on_stop>> reg;
 };
 

@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: MIT
-// The timer service: one per clock type, one thread for the whole process, a binary heap.
+// The timer service: one per clock type, each a binary heap and one timer
+// thread, started by the clock's first pending deadline (none for a clock
+// whose timers fire on move, see manual_timers).
 //
 // Thread safety: the heap and every node's heap index are guarded by the
 // service's mutex. The timer thread never holds that mutex while it cancels a
@@ -7,7 +9,8 @@
 // schedule() wakes the thread only when the new deadline is earlier than the
 // one it sleeps until (wake_at_, guarded by the mutex); removing a timer never
 // wakes it, so it may wake for a removed timer and simply sleep again.
-// Nodes are scheduled while their own mutex is held (see schedule_deadline),
+// Nodes are scheduled while their own mutex is held (see derive_deadline in
+// context.hpp),
 // so a node is never scheduled after it was marked done; the cancel algorithm
 // removes the timer of every deadline node it marks (node_ops::on_cancel).
 //
@@ -40,18 +43,19 @@
 #include "node.hpp"
 #include "time_arith.hpp"
 
-namespace ctx::testing {
-struct manual_clock;
-}
-
 namespace ctx::detail {
 
-/// True for clocks whose timers fire on the thread that moves the clock
-/// (manual_clock::advance), not on a timer thread.
+/// True for a clock that declares `static constexpr bool timers_fire_on_move
+/// = true;` (as ctx::testing::manual_clock does): its deadlines fire on the
+/// thread that moves the clock, inside timer_service<Clock>::advance(), and
+/// never on a timer thread (none is started for it). Such a clock must make
+/// every change of its time through advance() (see manual_clock::advance and
+/// manual_clock::set), or its deadlines never fire. Any other clock, and a
+/// clock that declares the member false, gets the timer thread.
 template <class Clock>
-inline constexpr bool manual_timers = false;
-template <>
-inline constexpr bool manual_timers<ctx::testing::manual_clock> = true;
+inline constexpr bool manual_timers = requires {
+  requires Clock::timers_fire_on_move;
+};
 
 template <class Clock>
 class timer_service;
@@ -82,7 +86,7 @@ template <class Clock>
 class timer_service {
  public:
   using time_point = typename Clock::time_point;
-  using dnode = deadline_node<Clock>;
+  using timed_node = deadline_node<Clock>;
 
   /// The process-wide service. It is never destroyed, so timers still pending
   /// at exit, and a timer thread still running then, stay safe. It is made
@@ -96,7 +100,7 @@ class timer_service {
   }
 
   /// Adds n's timer. Precondition: n->mtx held, n not done, n not scheduled.
-  void schedule(dnode* n) {
+  void schedule(timed_node* n) {
     std::unique_lock lock(mu_);
     if constexpr (!manual_timers<Clock>) {
       if (!started_) {
@@ -117,11 +121,11 @@ class timer_service {
   }
 
   /// Removes n's timer if it is pending; frees its slot at once.
-  void remove(dnode* n) noexcept {
+  void remove(timed_node* n) noexcept {
     std::lock_guard lock(mu_);
     const std::uint32_t i = n->slot;
-    if (i == dnode::no_slot) return;
-    n->slot = dnode::no_slot;
+    if (i == timed_node::no_slot) return;
+    n->slot = timed_node::no_slot;
     const std::uint32_t last = static_cast<std::uint32_t>(heap_.size() - 1);
     if (i != last) {
       heap_[i] = heap_[last];
@@ -161,7 +165,7 @@ class timer_service {
       hold& operator=(const hold&) = delete;
     } lock(*this);
     const time_point now = move();
-    while (dnode* n = pop_due(now)) fire_one(n);
+    while (timed_node* n = pop_due(now)) fire_one(n);
   }
 
   /// Number of pending timers (for tests and benchmarks).
@@ -184,7 +188,7 @@ class timer_service {
  private:
   struct entry {
     time_point when;
-    dnode* n;
+    timed_node* n;
   };
 
   timer_service() { ::pthread_atfork(&prepare_fork, &after_fork_in_parent, &after_fork_in_child); }
@@ -198,7 +202,7 @@ class timer_service {
     // Inherited deadlines never fire here: forget them. Their nodes are alive
     // (a node leaves the heap before it can be freed), so their slots can be
     // reset, and cancelling one in the child finds no timer to remove.
-    for (const entry& e : s.heap_) e.n->slot = dnode::no_slot;
+    for (const entry& e : s.heap_) e.n->slot = timed_node::no_slot;
     s.heap_.clear();
     s.wake_at_ = time_point::max();
     s.started_ = false;  // the timer thread did not survive the fork
@@ -267,23 +271,23 @@ class timer_service {
   }
 
   /// Pops the earliest timer if due, with a reference on its node.
-  dnode* pop_due(time_point now) {
+  timed_node* pop_due(time_point now) {
     std::lock_guard lock(mu_);
     while (!heap_.empty() && heap_[0].when <= now) {
-      dnode* n = heap_[0].n;
+      timed_node* n = heap_[0].n;
       pop_top();
       if (try_acquire(n)) return n;
     }
     return nullptr;
   }
 
-  static void fire_one(dnode* n) noexcept {
+  static void fire_one(timed_node* n) noexcept {
     cancel(n, errc::deadline_exceeded, nullptr);
     release(n);
   }
 
   void pop_top() noexcept {
-    heap_[0].n->slot = dnode::no_slot;
+    heap_[0].n->slot = timed_node::no_slot;
     heap_[0] = heap_.back();
     heap_.pop_back();
     if (!heap_.empty()) {
@@ -311,7 +315,7 @@ class timer_service {
         continue;
       }
       wake_at_ = time_point::min();  // awake: it looks at the heap again before sleeping
-      dnode* n = heap_[0].n;
+      timed_node* n = heap_[0].n;
       pop_top();
       if (!try_acquire(n)) continue;
       lock.unlock();  // never holds the mutex while user code runs (callbacks, stop requests)
