@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <latch>
+#include <memory>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -290,19 +291,21 @@ TEST_CASE("the report names keys but never values", "[inspect]") {
 
 TEST_CASE("detach and task_group record their caller's site", "[inspect]") {
   inspection_on on;
-  std::latch started{1};
-  std::latch release{1};
-  ctx::detach(ctx::background(), 1h, [&](const ctx::context&) {
-    started.count_down();
-    release.wait();
+  // Shared with the detached thread, which may still be leaving the latch's
+  // wait() when this test case has returned.
+  auto started = std::make_shared<std::latch>(1);
+  auto release = std::make_shared<std::latch>(1);
+  ctx::detach(ctx::background(), 1h, [started, release](const ctx::context&) {
+    started->count_down();
+    release->wait();
   });
   const auto ld = __LINE__ - 4;
-  started.wait();
+  started->wait();
   int at_line = 0;
   for (auto& i : inspect::live())
     if (i.site.line() == ld && std::string_view(i.site.file_name()).ends_with("inspect_test.cpp")) ++at_line;
   CHECK(at_line == 2);  // without_cancel and with_timeout
-  release.count_down();
+  release->count_down();
   {
     ctx::task_group g(ctx::background());
     const auto lg = __LINE__ - 1;
