@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: MIT
 // <ctx/inspect.hpp>: sites, kinds, references from outside the tree, the
 // zombie report, and the registry under concurrent derive, cancel and destroy.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <ctx/ctx.hpp>
 #include <ctx/detach.hpp>
 #include <ctx/inspect.hpp>
@@ -11,6 +14,7 @@
 #include <atomic>
 #include <barrier>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <latch>
 #include <memory>
@@ -23,6 +27,7 @@
 
 #include "support/catch.hpp"
 #include "support/common.hpp"
+#include "support/temp_dir.hpp"
 
 using namespace std::chrono_literals;
 namespace inspect = ctx::inspect;
@@ -368,4 +373,29 @@ TEST_CASE("snapshots are safe while other threads derive cancel and destroy", "[
   for (auto& i : inspect::live())
     if (i.site.line() > first && i.site.line() < last) ++left;
   CHECK(left == 0);
+}
+
+TEST_CASE("a signal makes a thread of ctx write the report", "[inspect]") {
+  // The report goes to a FIFO: opening it for reading waits for the dump
+  // thread to open it for writing, and reading to the end waits for the
+  // whole report (the thread closes it), so no polling is needed.
+  test::temp_dir dir("ctx-inspect");
+  const std::string fifo = dir.file("report");
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  REQUIRE(inspect::dump_on_signal(SIGUSR2, 0ns, fifo));
+  CHECK_FALSE(inspect::dump_on_signal(SIGUSR2, 0ns, fifo));  // once per process
+  CHECK(inspect::enabled());
+  auto [c, cancel] = ctx::with_cancel(ctx::background());
+  const auto l = __LINE__ - 1;
+  cancel();
+  REQUIRE(::raise(SIGUSR2) == 0);
+  const int fd = ::open(fifo.c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  std::string text;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) text.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
+  CHECK(text.find("ctx zombie report: 1 context done") != std::string::npos);
+  CHECK(text.find("inspect_test.cpp:" + std::to_string(l) + "  with_cancel  x1") != std::string::npos);
+  inspect::enable(false);
 }
