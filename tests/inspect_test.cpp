@@ -7,6 +7,7 @@
 #include <ctx/ctx.hpp>
 #include <ctx/detach.hpp>
 #include <ctx/inspect.hpp>
+#include <ctx/sleep.hpp>
 #include <ctx/task_group.hpp>
 #include <ctx/testing.hpp>
 
@@ -398,4 +399,22 @@ TEST_CASE("a signal makes a thread of ctx write the report", "[inspect]") {
   CHECK(text.find("ctx zombie report: 1 context done") != std::string::npos);
   CHECK(text.find("inspect_test.cpp:" + std::to_string(l) + "  with_cancel  x1") != std::string::npos);
   inspect::enable(false);
+}
+
+TEST_CASE("a sleep's context records the line that sleeps", "[inspect]") {
+  inspection_on on;
+  auto [c, cancel] = ctx::with_cancel(ctx::background<manual>());
+  std::latch asleep{1};
+  std::thread sleeper([&c, &asleep] {
+    asleep.count_down();
+    (void)ctx::sleep_for(c, 1h);
+  });
+  const auto l = __LINE__ - 2;
+  asleep.wait();
+  // The sleep's context exists from just after the latch until the cancel below.
+  std::optional<inspect::context_info> found;
+  while (!(found = made_at(l))) std::this_thread::yield();
+  CHECK(found->kind == inspect::kind::with_timeout);
+  cancel();
+  sleeper.join();
 }
