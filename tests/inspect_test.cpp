@@ -403,7 +403,8 @@ TEST_CASE("a signal makes a thread of ctx write the report", "[inspect]") {
 
 TEST_CASE("a sleep's context records the line that sleeps", "[inspect]") {
   inspection_on on;
-  auto [c, cancel] = ctx::with_cancel(ctx::background<manual>());
+  auto d = ctx::with_cancel(ctx::background<manual>());  // no structured binding: captured (clang 14)
+  const auto& c = d.context;
   std::latch asleep{1};
   std::thread sleeper([&c, &asleep] {
     asleep.count_down();
@@ -415,6 +416,6 @@ TEST_CASE("a sleep's context records the line that sleeps", "[inspect]") {
   std::optional<inspect::context_info> found;
   while (!(found = made_at(l))) std::this_thread::yield();
   CHECK(found->kind == inspect::kind::with_timeout);
-  cancel();
+  d.cancel();
   sleeper.join();
 }
