@@ -4,25 +4,33 @@
 //
 // Inspection is off by default, and then a derivation pays one relaxed load
 // of a global flag and one of its parent's `insp` byte (the cache line it is
-// about to write anyway); cancel, done() and destruction pay nothing, because
-// a node is hooked by swapping its `ops` table, never by a test on the hot
-// path. A node made while inspection is on, or derived from such a node
-// (whether inspection is still on or not), is *tracked*: it gets a record in
-// a sharded table keyed by its address, its `ops` are replaced by
-// `tracked_ops` (which keep the record in step and then call the node's own),
-// and it is never cancelled by cancel's lock-free path (st_busy is set), so
-// that its on_cancel hook always runs and notes when it became done.
+// about to write anyway) and stores the new node's `insp` byte; cancel,
+// done() and destruction pay nothing, because a node is hooked by swapping
+// its `ops` table, never by a test on the hot path (the cancel handle's
+// destructor tests `insp`, to know whether the handle still holds its
+// reference). A node made while inspection is on, or derived from a tracked
+// node (whether inspection is still on or not), is *tracked*: it gets a
+// record, and its `ops` point at the record's own table (tracked_destroy,
+// tracked_on_cancel: they keep the record in step, then call the node's own
+// ops), so the record is found from the node in O(1) without a lock. A
+// tracked cancelable node is never cancelled by cancel's lock-free path
+// (st_busy is set), so that its on_cancel hook always runs and notes when it
+// became done.
 //
-// Thread safety: each shard's table is guarded by the shard's mutex, a leaf
-// lock: nothing else is locked while it is held, and no user code runs under
-// it. A record exists exactly while its node does (it is erased by the node's
-// destroy, under the shard's mutex, before the node's memory is freed), so a
-// reader that holds the shard's mutex may read the node and its ancestors
-// (every node holds a reference to its parent). A record's immutable fields
-// are written before it is inserted; `visible` is stored with release order
-// once the derivation has linked the node, and read with acquire order, so a
-// reader that sees it also sees how the node was born. `done_ns` and
-// `children` are atomics updated by whoever cancels or derives.
+// Thread safety: records are kept in 64 shards, each an intrusive list
+// guarded by the shard's mutex, a leaf lock: nothing else is locked while it
+// is held, and no user code runs under it. A thread adds the records it makes
+// to its own shard (round-robin), so derivations on different threads do not
+// contend. A record exists exactly while its node does (it is unlinked by the
+// node's destroy, under the shard's mutex, before the node's memory is
+// freed), so a reader that holds the shard's mutex may read the node and its
+// ancestors (every node holds a reference to its parent, and a parent's
+// record outlives its children's). A record's other fields are written before
+// the node is published; `visible` is stored with release order once the
+// derivation has linked the node, and read with acquire order, so a reader
+// that sees it also sees how the node was born. `done_ns` and `children` are
+// atomics updated by whoever cancels or derives (relaxed: they are numbers to
+// report, not synchronisation). The shards' mutexes are held across fork().
 #pragma once
 
 #include <atomic>
