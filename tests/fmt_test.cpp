@@ -70,3 +70,18 @@ TEST_CASE("a deadline at the start of time prints as far in the past", "[fmt]") 
   CHECK(fmt::format("{}", c) ==
         "background.with_deadline(-9223372036.855s)");  // saturated at duration::min()
 }
+
+TEST_CASE("an inspected context prints as the zombie report's line", "[fmt][inspect]") {
+  ctx::inspect::enable();
+  auto [c, cancel] = ctx::with_cancel(ctx::background());
+  const auto line = __LINE__ - 1;
+  cancel();
+  const auto z = ctx::inspect::zombies(std::chrono::nanoseconds(0));
+  ctx::inspect::enable(false);
+  REQUIRE(z.size() == 1);
+  const std::string s = fmt::format("{}", z.front());
+  CHECK(s == ctx::inspect::to_string(z.front()));
+  CHECK(s.find("with_cancel at ") != std::string::npos);
+  CHECK(s.find("fmt_test.cpp:" + std::to_string(line) + ": done ") != std::string::npos);
+  CHECK(fmt::format("{:>13}", ctx::inspect::kind::with_value) == "   with_value");
+}

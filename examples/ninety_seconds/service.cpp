@@ -3,6 +3,7 @@
 
 #include <ctx/curl.hpp>
 #include <ctx/detach.hpp>
+#include <ctx/inspect.hpp>
 
 #include <httplib.h>
 #include <sys/socket.h>
@@ -155,6 +156,9 @@ class service::audit_token {
 
 service::service(const service_options& o, connection_pool& pool, connection_pool& audit_pool)
     : o_(o), pool_(pool), audit_pool_(audit_pool), handlers_(std::make_unique<handler_pool>(o.threads)) {
+  // Track every context from here on, for GET /debug/contexts (the zombie
+  // report). Its cost per request is a few hundred nanoseconds (docs/inspect.md).
+  ctx::inspect::enable();
   http_ = std::make_unique<httplib::Server>();
   http_->new_task_queue = [this] {
     listening_.count_down();  // called once, by the listener thread, when it starts accepting
@@ -203,8 +207,9 @@ void service::start_admin() {
     admin_listening_.count_down();
     return new httplib::ThreadPool(1);
   };
-  admin_->Get("/debug/contexts", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content(live_context_report(), "text/plain");
+  admin_->Get("/debug/contexts", [](const httplib::Request& req, httplib::Response& res) {
+    const bool json = req.get_param_value("format") == "json";
+    res.set_content(live_context_report(json), json ? "application/json" : "text/plain");
   });
   admin_port_ = admin_->bind_to_any_port("127.0.0.1");
   if (admin_port_ <= 0) throw std::runtime_error("service: cannot listen on 127.0.0.1 for /debug");
@@ -337,7 +342,10 @@ service_counts service::counts() const noexcept {
   return n;
 }
 
-// Empty until ctx::inspect exists (see service.hpp): no made-up output.
-std::string live_context_report() { return {}; }
+std::string live_context_report(bool json) {
+  // A request context done for a second and still held: its handler did not stop.
+  return ctx::inspect::report(std::chrono::seconds(1),
+                              json ? ctx::inspect::format::json : ctx::inspect::format::text, 5);
+}
 
 }  // namespace demo

@@ -128,11 +128,11 @@ class service {
   std::atomic<int> audits_running_{0};  // changed under audits_m_
 };
 
-/// The live-context report: the request contexts that are done but still
-/// held by a thread, with where they were made. It will come from
-/// ctx::inspect (being built on another branch); until then it is empty, and
-/// the demo prints nothing for it. Served at GET /debug/contexts on the
-/// admin port, and printed by the run without ctx at its cut-off.
-[[nodiscard]] std::string live_context_report();
+/// The live-context report (ctx::inspect's zombie report): the contexts done
+/// for at least a second that a thread still holds, grouped by the line that
+/// made them. Served at GET /debug/contexts on the admin port (JSON with
+/// ?format=json), and printed by the run without ctx at its cut-off. The
+/// service turns inspection on when it starts.
+[[nodiscard]] std::string live_context_report(bool json = false);
 
 }  // namespace demo

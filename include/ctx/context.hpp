@@ -29,6 +29,7 @@
 #include <utility>
 
 #include "detail/after_func.hpp"
+#include "detail/inspect_registry.hpp"
 #include "detail/node.hpp"
 #include "detail/time_arith.hpp"
 #include "detail/timer_service.hpp"
@@ -179,8 +180,11 @@ struct derived {
 /// A child that is done when `parent` is, or when the handle cancels it.
 /// A child of a done parent is born done with the parent's err and cause.
 /// Allocates one node; throws std::bad_alloc.
+/// `site` is where the context is made, recorded when inspection is on
+/// (<ctx/inspect.hpp>); leave it defaulted.
 template <class Clock>
-[[nodiscard]] derived<Clock> with_cancel(const basic_context<Clock>& parent);
+[[nodiscard]] derived<Clock> with_cancel(const basic_context<Clock>& parent,
+                                         source_location site = source_location::current());
 
 /// A child that is also done, with `errc::deadline_exceeded`, at `d`.
 ///
@@ -194,44 +198,60 @@ template <class Clock>
 /// deadline is already passed. `d` must be a time point of the context's own
 /// clock (see the overload below). Throws std::bad_alloc, or
 /// std::system_error if the timer thread cannot be started.
+/// `site` is where the context is made, recorded when inspection is on
+/// (<ctx/inspect.hpp>); leave it defaulted.
 template <class Clock, class Duration>
 [[nodiscard]] derived<Clock> with_deadline(const basic_context<Clock>& parent,
                                            std::chrono::time_point<Clock, Duration> d,
-                                           std::error_code cause = {});
+                                           std::error_code cause = {},
+                                           source_location site = source_location::current());
 
 /// Rejected at compile time: a deadline on another clock than the context's.
 /// Clocks need not tick together (system_clock jumps, steady_clock does not),
 /// so ctx does not convert silently; the static_assert says how to do it.
 template <class Clock, class OtherClock, class Duration>
 requires(!std::same_as<Clock, OtherClock>) derived<Clock> with_deadline(
-    const basic_context<Clock>&, std::chrono::time_point<OtherClock, Duration>, std::error_code = {});
+    const basic_context<Clock>&, std::chrono::time_point<OtherClock, Duration>, std::error_code = {},
+    source_location = source_location::current());
 
 /// `with_deadline(parent, Clock::now() + t, cause)`, saturating: `t <= 0`
 /// (and NaN) is already expired, `t` is rounded up to the clock's tick (so a
 /// floating-point `1.5ns` waits 2 ns, and a positive `t` never expires at
 /// once), and `duration::max()` or +infinity of any type never overflows:
 /// it never fires.
+/// `site` is where the context is made, recorded when inspection is on
+/// (<ctx/inspect.hpp>); leave it defaulted.
 template <class Clock, class Rep, class Period>
 [[nodiscard]] derived<Clock> with_timeout(const basic_context<Clock>& parent,
-                                          std::chrono::duration<Rep, Period> t, std::error_code cause = {});
+                                          std::chrono::duration<Rep, Period> t, std::error_code cause = {},
+                                          source_location site = source_location::current());
 
 /// A child that is also done (with `errc::canceled`) when stop is requested
 /// on `token`. If stop was requested already, the child is born done.
 /// Throws std::bad_alloc.
+/// `site` is where the context is made, recorded when inspection is on
+/// (<ctx/inspect.hpp>); leave it defaulted.
 template <class Clock>
-[[nodiscard]] derived<Clock> with_stop_token(const basic_context<Clock>& parent, std::stop_token token);
+[[nodiscard]] derived<Clock> with_stop_token(const basic_context<Clock>& parent, std::stop_token token,
+                                             source_location site = source_location::current());
 
 /// A child that carries `value` under `k`, and everything else of `parent`.
 /// Lookups find the nearest value for a key. Throws what T's constructor throws, or std::bad_alloc.
+/// `site` is where the context is made, recorded when inspection is on
+/// (<ctx/inspect.hpp>); leave it defaulted.
 template <class Clock, class T, class U>
 requires std::constructible_from<T, U&&>
-[[nodiscard]] basic_context<Clock> with_value(const basic_context<Clock>& parent, const key<T>& k, U&& value);
+[[nodiscard]] basic_context<Clock> with_value(const basic_context<Clock>& parent, const key<T>& k, U&& value,
+                                              source_location site = source_location::current());
 
 /// A child that keeps `parent`'s values but is never done and has no
 /// deadline: for work that must outlive the request (give it its own timeout).
 /// Throws std::bad_alloc.
+/// `site` is where the context is made, recorded when inspection is on
+/// (<ctx/inspect.hpp>); leave it defaulted.
 template <class Clock>
-[[nodiscard]] basic_context<Clock> without_cancel(const basic_context<Clock>& parent);
+[[nodiscard]] basic_context<Clock> without_cancel(const basic_context<Clock>& parent,
+                                                  source_location site = source_location::current());
 
 /// An `after_func` registration: move-only; destroying it deregisters.
 ///
@@ -299,23 +319,30 @@ struct access {
 
 /// `now`, when given, is a clock reading taken just before `when` was
 /// computed (with_timeout's), so the born-done check needs no second read.
-template <class Clock>
-derived<Clock> derive_deadline(const basic_context<Clock>& parent, typename Clock::time_point when,
-                               const std::error_code& cause,
-                               const typename Clock::time_point* now = nullptr) {
+template <class Clock, bool Tracked>
+derived<Clock> derive_deadline_as(const basic_context<Clock>& parent, typename Clock::time_point when,
+                                  const std::error_code& cause, inspect::kind k, source_location site,
+                                  const typename Clock::time_point* now) {
   node* p = access::of(parent);
+  insp::record* rec = nullptr;
   if (p->deadline_holder && static_cast<const deadline_node<Clock>*>(p->deadline_holder)->when <= when) {
     auto* n = new plain_cancel_node(node_kind::inherited_deadline, p, p->deadline_holder);
+    if constexpr (Tracked) rec = insp::begin(n, p, k, site, &insp::clock_ops_of<Clock>);
     acquire(p);
     auto result = access::make_derived<Clock>(n);
     link_to_parent(n);
+    if constexpr (Tracked) insp::finish(rec);
     return result;
   }
   auto* n = new deadline_node<Clock>(p, when);
+  if constexpr (Tracked) rec = insp::begin(n, p, k, site, &insp::clock_ops_of<Clock>);
   acquire(p);
   n->cause_ = cause;  // recorded as the cause only if the deadline fires
   auto result = access::make_derived<Clock>(n);
-  if (!link_to_parent(n)) return result;  // born done: the parent's err and cause
+  if (!link_to_parent(n)) {  // born done: the parent's err and cause
+    if constexpr (Tracked) insp::finish(rec);
+    return result;
+  }
   if (when <= (now ? *now : Clock::now())) {
     cancel(n, errc::deadline_exceeded, nullptr);
   } else if (when != Clock::time_point::max()) {
@@ -332,7 +359,64 @@ derived<Clock> derive_deadline(const basic_context<Clock>& parent, typename Cloc
     if constexpr (manual_timers<Clock>)
       if (when <= Clock::now()) cancel(n, errc::deadline_exceeded, nullptr);
   }
+  if constexpr (Tracked) insp::finish(rec);
   return result;
+}
+
+/// Derivations are written once, instantiated twice: untracked (inspection
+/// off, the hot path, which pays only insp::wanted's two loads) and tracked.
+template <class Clock>
+derived<Clock> derive_deadline(const basic_context<Clock>& parent, typename Clock::time_point when,
+                               const std::error_code& cause, inspect::kind k, source_location site,
+                               const typename Clock::time_point* now = nullptr) {
+  if (insp::wanted(access::of(parent))) [[unlikely]]
+    return derive_deadline_as<Clock, true>(parent, when, cause, k, site, now);
+  return derive_deadline_as<Clock, false>(parent, when, cause, k, site, now);
+}
+
+template <class Clock, bool Tracked>
+derived<Clock> derive_cancel(node* p, source_location site) {
+  auto* n = new plain_cancel_node(node_kind::cancel, p, p->deadline_holder);
+  insp::record* rec = nullptr;
+  if constexpr (Tracked)
+    rec = insp::begin(n, p, inspect::kind::with_cancel, site, &insp::clock_ops_of<Clock>);
+  acquire(p);
+  auto result = access::make_derived<Clock>(n);
+  link_to_parent(n);
+  if constexpr (Tracked) insp::finish(rec);
+  return result;
+}
+
+template <class Clock, bool Tracked>
+derived<Clock> derive_stop_token(node* p, std::stop_token& token, source_location site) {
+  auto* n = new stop_token_node(p);
+  insp::record* rec = nullptr;
+  if constexpr (Tracked)
+    rec = insp::begin(n, p, inspect::kind::with_stop_token, site, &insp::clock_ops_of<Clock>);
+  acquire(p);
+  auto result = access::make_derived<Clock>(n);
+  if (link_to_parent(n) && token.stop_possible())
+    n->reg.emplace(std::move(token), stop_token_node::on_stop{n});
+  if constexpr (Tracked) insp::finish(rec);
+  return result;
+}
+
+template <class Clock, bool Tracked, class T, class U>
+basic_context<Clock> derive_value(node* p, const key<T>& k, U&& value, source_location site) {
+  auto* n = new value_node<T>(p, &k, k.name(), static_cast<U&&>(value));
+  if constexpr (Tracked)
+    insp::finish(insp::begin(n, p, inspect::kind::with_value, site, &insp::clock_ops_of<Clock>));
+  acquire(p);
+  return access::adopt<Clock>(n);
+}
+
+template <class Clock, bool Tracked>
+basic_context<Clock> derive_without_cancel(node* p, source_location site) {
+  auto* n = new without_cancel_node(p);
+  if constexpr (Tracked)
+    insp::finish(insp::begin(n, p, inspect::kind::without_cancel, site, &insp::clock_ops_of<Clock>));
+  acquire(p);
+  return access::adopt<Clock>(n);
 }
 
 }  // namespace detail
@@ -473,6 +557,8 @@ inline cancel_handle::operator bool() const noexcept { return n_ != nullptr; }
 
 inline void cancel_handle::reset() noexcept {
   if (detail::cancel_node* n = std::exchange(n_, nullptr)) {
+    if (n->insp.load(std::memory_order_relaxed)) [[unlikely]]
+      detail::insp::note_handle_dropped(n);
     detail::cancel(n, errc::canceled, &detail::no_error());
     detail::release(n);
   }
@@ -481,24 +567,24 @@ inline void cancel_handle::reset() noexcept {
 // The derivations
 
 template <class Clock>
-derived<Clock> with_cancel(const basic_context<Clock>& parent) {
+derived<Clock> with_cancel(const basic_context<Clock>& parent, source_location site) {
   detail::node* p = detail::access::of(parent);
-  auto* n = new detail::plain_cancel_node(detail::node_kind::cancel, p, p->deadline_holder);
-  detail::acquire(p);
-  auto result = detail::access::make_derived<Clock>(n);
-  detail::link_to_parent(n);
-  return result;
+  if (detail::insp::wanted(p)) [[unlikely]]
+    return detail::derive_cancel<Clock, true>(p, site);
+  return detail::derive_cancel<Clock, false>(p, site);
 }
 
 template <class Clock, class Duration>
 derived<Clock> with_deadline(const basic_context<Clock>& parent, std::chrono::time_point<Clock, Duration> d,
-                             std::error_code cause) {
-  return detail::derive_deadline(parent, detail::ceil_time_point<typename Clock::time_point>(d), cause);
+                             std::error_code cause, source_location site) {
+  return detail::derive_deadline(parent, detail::ceil_time_point<typename Clock::time_point>(d), cause,
+                                 inspect::kind::with_deadline, site);
 }
 
 template <class Clock, class OtherClock, class Duration>
 requires(!std::same_as<Clock, OtherClock>) derived<Clock> with_deadline(
-    const basic_context<Clock>&, std::chrono::time_point<OtherClock, Duration>, std::error_code) {
+    const basic_context<Clock>&, std::chrono::time_point<OtherClock, Duration>, std::error_code,
+    source_location) {
   static_assert(std::same_as<Clock, OtherClock>,
                 "ctx::with_deadline: the deadline is a time point of another clock than the context's. "
                 "Convert it to the context's clock first (for a duration from now: "
@@ -510,37 +596,37 @@ requires(!std::same_as<Clock, OtherClock>) derived<Clock> with_deadline(
 
 template <class Clock, class Rep, class Period>
 derived<Clock> with_timeout(const basic_context<Clock>& parent, std::chrono::duration<Rep, Period> t,
-                            std::error_code cause) {
+                            std::error_code cause, source_location site) {
   const typename Clock::time_point now = Clock::now();
-  return detail::derive_deadline(parent, detail::deadline_after(now, t), cause, &now);
+  return detail::derive_deadline(parent, detail::deadline_after(now, t), cause, inspect::kind::with_timeout,
+                                 site, &now);
 }
 
 template <class Clock>
-derived<Clock> with_stop_token(const basic_context<Clock>& parent, std::stop_token token) {
+derived<Clock> with_stop_token(const basic_context<Clock>& parent, std::stop_token token,
+                               source_location site) {
   detail::node* p = detail::access::of(parent);
-  auto* n = new detail::stop_token_node(p);
-  detail::acquire(p);
-  auto result = detail::access::make_derived<Clock>(n);
-  if (detail::link_to_parent(n) && token.stop_possible())
-    n->reg.emplace(std::move(token), detail::stop_token_node::on_stop{n});
-  return result;
+  if (detail::insp::wanted(p)) [[unlikely]]
+    return detail::derive_stop_token<Clock, true>(p, token, site);
+  return detail::derive_stop_token<Clock, false>(p, token, site);
 }
 
 template <class Clock, class T, class U>
 requires std::constructible_from<T, U&&> basic_context<Clock> with_value(const basic_context<Clock>& parent,
-                                                                         const key<T>& k, U&& value) {
+                                                                         const key<T>& k, U&& value,
+                                                                         source_location site) {
   detail::node* p = detail::access::of(parent);
-  auto* n = new detail::value_node<T>(p, &k, k.name(), static_cast<U&&>(value));
-  detail::acquire(p);
-  return detail::access::adopt<Clock>(n);
+  if (detail::insp::wanted(p)) [[unlikely]]
+    return detail::derive_value<Clock, true>(p, k, static_cast<U&&>(value), site);
+  return detail::derive_value<Clock, false>(p, k, static_cast<U&&>(value), site);
 }
 
 template <class Clock>
-basic_context<Clock> without_cancel(const basic_context<Clock>& parent) {
+basic_context<Clock> without_cancel(const basic_context<Clock>& parent, source_location site) {
   detail::node* p = detail::access::of(parent);
-  auto* n = new detail::without_cancel_node(p);
-  detail::acquire(p);
-  return detail::access::adopt<Clock>(n);
+  if (detail::insp::wanted(p)) [[unlikely]]
+    return detail::derive_without_cancel<Clock, true>(p, site);
+  return detail::derive_without_cancel<Clock, false>(p, site);
 }
 
 // after_func and registration

@@ -34,7 +34,8 @@ namespace ctx {
 /// Throws as `with_timeout` does.
 template <class Clock, class Rep, class Period>
 [[nodiscard]] derived<Clock> detached_context(const basic_context<Clock>& c,
-                                              std::chrono::duration<Rep, Period> timeout);
+                                              std::chrono::duration<Rep, Period> timeout,
+                                              source_location site = source_location::current());
 
 /// Runs `f(d)` on a new, detached thread, where `d` is `detached_context(c, timeout)`.
 ///
@@ -60,8 +61,9 @@ template <class Clock, class Rep, class Period>
 /// \endcode
 template <class Clock, class Rep, class Period, class F>
 requires std::invocable < std::decay_t<F>
-&, const basic_context<Clock>& >
-       void detach(const basic_context<Clock>& c, std::chrono::duration<Rep, Period> timeout, F&& f);
+&, const basic_context<Clock>& > void detach(const basic_context<Clock>& c,
+                                             std::chrono::duration<Rep, Period> timeout, F&& f,
+                                             source_location site = source_location::current());
 
 // ---------------------------------------------------------------------------
 // Implementation.
@@ -83,16 +85,18 @@ struct detached_work {
 }  // namespace detail
 
 template <class Clock, class Rep, class Period>
-derived<Clock> detached_context(const basic_context<Clock>& c, std::chrono::duration<Rep, Period> timeout) {
-  return with_timeout(without_cancel(c), timeout);
+derived<Clock> detached_context(const basic_context<Clock>& c, std::chrono::duration<Rep, Period> timeout,
+                                source_location site) {
+  return with_timeout(without_cancel(c, site), timeout, {}, site);
 }
 
 template <class Clock, class Rep, class Period, class F>
 requires std::invocable < std::decay_t<F>
-&, const basic_context<Clock>& >
-       void detach(const basic_context<Clock>& c, std::chrono::duration<Rep, Period> timeout, F&& f) {
+&, const basic_context<Clock>& > void detach(const basic_context<Clock>& c,
+                                             std::chrono::duration<Rep, Period> timeout, F&& f,
+                                             source_location site) {
   std::thread(detail::detached_work<Clock, std::decay_t<F>>{std::decay_t<F>(static_cast<F&&>(f)),
-                                                            detached_context(c, timeout)})
+                                                            detached_context(c, timeout, site)})
       .detach();
 }
 

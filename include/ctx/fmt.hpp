@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// {fmt} support (opt-in, target ctx::fmt): formatters for contexts and
-// ctx::errc, and std::error_code (what every ctx API returns) made formattable.
+// {fmt} support (opt-in, target ctx::fmt): formatters for contexts,
+// ctx::errc, ctx::inspect's context_info and kind, and std::error_code (what
+// every ctx API returns) made formattable.
 //
 // A context prints as its derivation chain, root first, the way Go's
 // Context.String() does:
@@ -108,6 +109,26 @@ struct fmt::formatter<ctx::errc> : fmt::formatter<std::string_view> {
                                  : e == ctx::errc::deadline_exceeded ? "context deadline exceeded"
                                                                      : "unknown ctx error";
     return fmt::formatter<std::string_view>::format(msg, fc);
+  }
+};
+
+/// Formats a `ctx::inspect::context_info` (an entry of `live()` or
+/// `zombies()`) as the one line of the zombie report, `ctx::inspect::to_string`;
+/// string specs apply: `fmt::print("{}\n", z)`.
+template <>
+struct fmt::formatter<ctx::inspect::context_info> : fmt::formatter<std::string_view> {
+  template <class FormatContext>
+  auto format(const ctx::inspect::context_info& i, FormatContext& fc) const {
+    return fmt::formatter<std::string_view>::format(ctx::inspect::to_string(i), fc);
+  }
+};
+
+/// Formats `ctx::inspect::kind` as the derivation's name ("with_timeout").
+template <>
+struct fmt::formatter<ctx::inspect::kind> : fmt::formatter<std::string_view> {
+  template <class FormatContext>
+  auto format(ctx::inspect::kind k, FormatContext& fc) const {
+    return fmt::formatter<std::string_view>::format(ctx::inspect::to_string(k), fc);
   }
 };
 

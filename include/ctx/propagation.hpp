@@ -166,13 +166,15 @@ void inject(const basic_context<Clock>& c, Set&& set);
 /// HTTP libraries do it). Throws what `get` throws, std::bad_alloc, or
 /// std::system_error if the timer thread cannot be started.
 template <class Clock, header_getter Get>
-[[nodiscard]] derived<Clock> extract(const basic_context<Clock>& parent, Get&& get);
+[[nodiscard]] derived<Clock> extract(const basic_context<Clock>& parent, Get&& get,
+                                     source_location site = source_location::current());
 
 /// extract(parent, get), with the server's own limit: the deadline is never
 /// later than `limit` from now, whatever the request asks for.
 template <class Clock, header_getter Get, class Rep, class Period>
 [[nodiscard]] derived<Clock> extract(const basic_context<Clock>& parent, Get&& get,
-                                     std::chrono::duration<Rep, Period> limit);
+                                     std::chrono::duration<Rep, Period> limit,
+                                     source_location site = source_location::current());
 
 // ---------------------------------------------------------------------------
 // Implementation.
@@ -386,13 +388,13 @@ void inject(const basic_context<Clock>& c, Set&& set) {
 }
 
 template <class Clock, header_getter Get>
-derived<Clock> extract(const basic_context<Clock>& parent, Get&& get) {
-  return extract(parent, get, std::chrono::nanoseconds::max());
+derived<Clock> extract(const basic_context<Clock>& parent, Get&& get, source_location site) {
+  return extract(parent, get, std::chrono::nanoseconds::max(), site);
 }
 
 template <class Clock, header_getter Get, class Rep, class Period>
 derived<Clock> extract(const basic_context<Clock>& parent, Get&& get,
-                       std::chrono::duration<Rep, Period> limit) {
+                       std::chrono::duration<Rep, Period> limit, source_location site) {
   using ns = std::chrono::nanoseconds;
   ns timeout = detail::ceil_nanoseconds(limit);
   if (const auto t = detail::with_header(get, timeout_header,
@@ -403,10 +405,10 @@ derived<Clock> extract(const basic_context<Clock>& parent, Get&& get,
   const auto tp = detail::with_header(get, traceparent_header, [](std::optional<std::string_view> v) {
     return v ? traceparent::parse(*v) : std::nullopt;
   });
-  const basic_context<Clock> base = tp ? with_value(parent, trace_key, *tp) : parent;
+  const basic_context<Clock> base = tp ? with_value(parent, trace_key, *tp, site) : parent;
   // with_timeout saturates: nanoseconds::max() (no header, no limit) makes no timer.
-  if (timeout == ns::max()) return with_cancel(base);
-  return with_timeout(base, timeout);
+  if (timeout == ns::max()) return with_cancel(base, site);
+  return with_timeout(base, timeout, {}, site);
 }
 
 }  // namespace ctx::propagation

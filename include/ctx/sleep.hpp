@@ -35,13 +35,15 @@ namespace ctx {
 /// started (as `with_deadline` does).
 template <class Clock, class Duration>
 [[nodiscard]] std::error_code sleep_until(const basic_context<Clock>& c,
-                                          std::chrono::time_point<Clock, Duration> t);
+                                          std::chrono::time_point<Clock, Duration> t,
+                                          source_location site = source_location::current());
 
 /// Rejected at compile time: a time point of another clock than the context's
 /// (as for with_deadline; the static_assert says how to convert it).
 template <class Clock, class OtherClock, class Duration>
 requires(!std::same_as<Clock, OtherClock>) std::error_code
-    sleep_until(const basic_context<Clock>&, std::chrono::time_point<OtherClock, Duration>) {
+    sleep_until(const basic_context<Clock>&, std::chrono::time_point<OtherClock, Duration>,
+                source_location = source_location::current()) {
   static_assert(std::same_as<Clock, OtherClock>,
                 "ctx::sleep_until: the time point is of another clock than the context's. Convert it to "
                 "the context's clock first (for a duration from now: "
@@ -63,7 +65,8 @@ requires(!std::same_as<Clock, OtherClock>) std::error_code
 ///   }
 /// \endcode
 template <class Clock, class Rep, class Period>
-[[nodiscard]] std::error_code sleep_for(const basic_context<Clock>& c, std::chrono::duration<Rep, Period> d);
+[[nodiscard]] std::error_code sleep_for(const basic_context<Clock>& c, std::chrono::duration<Rep, Period> d,
+                                        source_location site = source_location::current());
 
 // ---------------------------------------------------------------------------
 // Implementation.
@@ -82,15 +85,17 @@ template <class Clock>
 }  // namespace detail
 
 template <class Clock, class Duration>
-std::error_code sleep_until(const basic_context<Clock>& c, std::chrono::time_point<Clock, Duration> t) {
+std::error_code sleep_until(const basic_context<Clock>& c, std::chrono::time_point<Clock, Duration> t,
+                            source_location site) {
   if (c.done()) return c.err();
-  return detail::sleep_on(c, with_deadline(c, t));
+  return detail::sleep_on(c, with_deadline(c, t, {}, site));
 }
 
 template <class Clock, class Rep, class Period>
-std::error_code sleep_for(const basic_context<Clock>& c, std::chrono::duration<Rep, Period> d) {
+std::error_code sleep_for(const basic_context<Clock>& c, std::chrono::duration<Rep, Period> d,
+                          source_location site) {
   if (c.done()) return c.err();
-  return detail::sleep_on(c, with_timeout(c, d));
+  return detail::sleep_on(c, with_timeout(c, d, {}, site));
 }
 
 }  // namespace ctx

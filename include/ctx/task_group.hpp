@@ -67,7 +67,7 @@ class basic_task_group {
   using context_type = basic_context<Clock>;
 
   /// A group whose context is a new child of `parent`. Throws std::bad_alloc.
-  explicit basic_task_group(const context_type& parent);
+  explicit basic_task_group(const context_type& parent, source_location site = source_location::current());
   basic_task_group(const basic_task_group&) = delete;
   basic_task_group& operator=(const basic_task_group&) = delete;
 
@@ -136,8 +136,8 @@ using task_group = basic_task_group<>;
 // Implementation.
 
 template <class Clock>
-basic_task_group<Clock>::basic_task_group(const context_type& parent) {
-  auto [c, cancel] = with_cancel(parent);
+basic_task_group<Clock>::basic_task_group(const context_type& parent, source_location site) {
+  auto [c, cancel] = with_cancel(parent, site);
   ctx_ = std::move(c);
   cancel_ = std::move(cancel);
 }

@@ -62,6 +62,7 @@ struct node {
         refs(1),
         kind(k),
         is_static(statically_allocated),
+        insp(0),
         parent(p),
         nearest_cancelable(cancelable),
         deadline_holder(deadline),
@@ -71,6 +72,9 @@ struct node {
   std::atomic<std::uint32_t> refs;
   node_kind kind;
   bool is_static;
+  // Inspection (detail/inspect_registry.hpp): 0 for an untracked node. Sits in
+  // what was padding, so the node does not grow.
+  std::atomic<std::uint8_t> insp;
   node* parent;                     // owns a reference; nullptr for roots
   cancel_node* nearest_cancelable;  // self, or the nearest ancestor that can be cancelled; nullptr if none
   const node* deadline_holder;  // the deadline_node whose `when` is the effective deadline; nullptr if none
