@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // What a test does when the real engine it needs (a server, a tool) is not
-// installed: it is reported as skipped, never as passed.
+// installed, or when it cannot run in this build: it is reported as skipped,
+// never as passed.
 #pragma once
 
 #include <cstdio>
@@ -25,6 +26,15 @@ namespace test {
   std::fprintf(stderr, "%s: %s\n", fail ? "FAILED (CTX_REQUIRE_ENGINES is set)" : "SKIPPED", why.c_str());
   std::fflush(stderr);
   std::_Exit(fail ? 1 : 77);
+}
+
+/// Ends the test program with exit code 77 (ctest: "Skipped"): the test case
+/// cannot run in this build (a sanitizer, valgrind), and says so rather than
+/// pass without having run. Only for a test case that ctest runs alone.
+[[noreturn]] inline void skip_in_this_build(const std::string& why) {
+  std::fprintf(stderr, "SKIPPED in this build: %s\n", why.c_str());
+  std::fflush(stderr);
+  std::_Exit(77);
 }
 
 }  // namespace test

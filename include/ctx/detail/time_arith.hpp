@@ -114,6 +114,23 @@ template <class F>
   return static_cast<std::uint64_t>(std::ceil(p + slack));
 }
 
+/// Stores the quotient `w` as the magnitude of `s`, rounded toward
+/// +infinity: a positive value with a remainder goes one up, a negative one
+/// (its magnitude) stays, toward zero. Too large for 64 bits: huge.
+inline void store_rounded_up(scaled_count& s, const wide_quotient& w) noexcept {
+  if (w.overflow) {
+    s.kind = scaled_count::huge;
+    return;
+  }
+  s.magnitude = w.q;
+  if (!s.negative && w.r != 0) {
+    if (s.magnitude == ~std::uint64_t{0})
+      s.kind = scaled_count::huge;
+    else
+      ++s.magnitude;
+  }
+}
+
 /// `d` in units of `ToPeriod`, rounded toward +infinity (a negative value
 /// toward zero), exactly.
 template <class ToPeriod, class Rep, class Period>
@@ -165,18 +182,7 @@ template <class ToPeriod, class Rep, class Period>
     // negative one. Rounding it first loses nothing: no multiple of `den`
     // lies strictly between two neighbouring integers.
     const std::uint64_t part = scaled_fraction(frac, num, s.negative);
-    const wide_quotient w = mul_add_div(whole_count, scale, part, den);
-    if (w.overflow) {
-      s.kind = scaled_count::huge;
-      return s;
-    }
-    s.magnitude = w.q;
-    if (!s.negative && w.r != 0) {
-      if (s.magnitude == all_ones)
-        s.kind = scaled_count::huge;
-      else
-        ++s.magnitude;
-    }
+    store_rounded_up(s, mul_add_div(whole_count, scale, part, den));
     return s;
   } else {
     const Rep x = d.count();
@@ -197,18 +203,7 @@ template <class ToPeriod, class Rep, class Period>
       s.magnitude = a * num;
       return s;
     } else {
-      const wide_quotient w = mul_add_div(a, num, 0, den);
-      if (w.overflow) {
-        s.kind = scaled_count::huge;
-        return s;
-      }
-      s.magnitude = w.q;
-      if (!s.negative && w.r != 0) {
-        if (s.magnitude == all_ones)
-          s.kind = scaled_count::huge;
-        else
-          ++s.magnitude;
-      }
+      store_rounded_up(s, mul_add_div(a, num, 0, den));
       return s;
     }
   }
