@@ -570,7 +570,7 @@ struct minute_clock {
   using period = std::ratio<60>;
   using duration = std::chrono::duration<rep, period>;
   using time_point = std::chrono::time_point<minute_clock>;
-  static constexpr bool is_steady = true;
+  [[maybe_unused]] static constexpr bool is_steady = true;
   static time_point now() noexcept {
     return time_point(std::chrono::floor<duration>(std::chrono::steady_clock::now().time_since_epoch()));
   }
@@ -582,7 +582,7 @@ struct double_clock {
   using period = std::ratio<1>;
   using duration = std::chrono::duration<rep, period>;
   using time_point = std::chrono::time_point<double_clock>;
-  static constexpr bool is_steady = true;
+  [[maybe_unused]] static constexpr bool is_steady = true;
   static time_point now() noexcept {
     return time_point(
         std::chrono::duration_cast<duration>(std::chrono::steady_clock::now().time_since_epoch()));

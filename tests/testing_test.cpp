@@ -83,7 +83,7 @@ struct user_moved_clock {
   using period = std::nano;
   using duration = std::chrono::duration<rep, period>;
   using time_point = std::chrono::time_point<user_moved_clock>;
-  static constexpr bool is_steady = true;
+  [[maybe_unused]] static constexpr bool is_steady = true;
   static constexpr bool timers_fire_on_move = true;
 
   static time_point now() noexcept { return time_point(duration(ticks().load(std::memory_order_acquire))); }
