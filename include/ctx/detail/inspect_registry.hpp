@@ -128,13 +128,13 @@ inline const bool environment_read = read_environment();
 
 /// How to read a context's deadline in its own clock.
 struct clock_ops {
-  /// Nanoseconds until the deadline held by `dl` (0 once passed; INT64_MAX for never).
-  std::int64_t (*remaining_ns)(const node* dl) noexcept;
+  /// Nanoseconds until the deadline held by `deadline_holder` (0 once passed; INT64_MAX for never).
+  std::int64_t (*remaining_ns)(const node* deadline_holder) noexcept;
 };
 
 template <class Clock>
-std::int64_t remaining_ns(const node* dl) noexcept {
-  const auto when = static_cast<const deadline_node<Clock>*>(dl)->when;
+std::int64_t remaining_ns(const node* deadline_holder) noexcept {
+  const auto when = static_cast<const deadline_node<Clock>*>(deadline_holder)->when;
   if (when == Clock::time_point::max()) return std::numeric_limits<std::int64_t>::max();
   const auto left = time_until(when, Clock::now());
   using ns = std::chrono::duration<long double, std::nano>;
